@@ -1,0 +1,5 @@
+import sys
+
+from otelai.cli import main
+
+sys.exit(main())

@@ -1,0 +1,362 @@
+"""One typed configuration, loaded once and validated at the edge.
+
+Key names follow the OpenTelemetry Collector where the concept is the same. Unknown keys
+are errors; durations are strings with units ("200ms", "30s", "1m30s"); sizes may carry
+units ("4MiB"). ``OTELAI_*`` environment variables override keys of the file:
+``OTELAI_EXPORTERS__OTLP__ENDPOINT=gateway:4317`` sets ``exporters.otlp.endpoint``
+(``__`` separates levels; the value is read as a YAML scalar). ``${env:NAME}`` in the
+file is replaced by the variable's value, as in the Collector.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+
+ENV_PREFIX = "OTELAI_"
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {
+    "b": 1,
+    "kb": 1000,
+    "kib": 1024,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "gb": 1000**3,
+    "gib": 1024**3,
+}
+
+
+class ConfigError(Exception):
+    """A configuration problem; the message names the file and the key."""
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a Go-style duration string such as ``"1m30s"`` or ``"200ms"``."""
+    if isinstance(value, bool) or not isinstance(value, str):
+        raise ValueError(f"a duration must be a string with a unit such as '200ms' or '30s', got {value!r}")
+    text = value.strip()
+    if text == "0":
+        return 0.0
+    pos, total = 0, 0.0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        pos = match.end()
+    if pos != len(text) or not text:
+        raise ValueError(f"invalid duration {value!r}: use a number with a unit (ns, us, ms, s, m, h)")
+    return total
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from an integer or a string with a unit such as ``"4MiB"``."""
+    if isinstance(value, bool):
+        raise ValueError(f"invalid size {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"a size cannot be negative, got {value}")
+        return value
+    match = _SIZE.match(str(value))
+    if not match:
+        raise ValueError(f"invalid size {value!r}: use bytes or a unit (KiB, MiB, GiB, KB, MB, GB)")
+    return int(float(match.group(1)) * _SIZE_UNITS[(match.group(2) or "b").lower()])
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Size = Annotated[int, BeforeValidator(parse_size)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_host_port(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"endpoint must be host:port, got {value!r}")
+    return value
+
+
+class ServerTLS(_Model):
+    """TLS for a receiver; ``client_ca_file`` turns on mutual TLS."""
+
+    cert_file: str
+    key_file: str
+    client_ca_file: str | None = None
+
+
+class Auth(_Model):
+    """Bearer-token check on incoming requests (``Authorization: Bearer <token>``)."""
+
+    bearer_token: str | None = None
+    bearer_token_file: str | None = None
+
+    def token(self) -> str | None:
+        if self.bearer_token_file:
+            return Path(self.bearer_token_file).read_text().strip()
+        return self.bearer_token
+
+
+class GrpcReceiver(_Model):
+    endpoint: str = "0.0.0.0:4317"
+    max_recv_msg_size_mib: float = Field(default=4.0, gt=0)
+    tls: ServerTLS | None = None
+    auth: Auth | None = None
+
+    _endpoint = field_validator("endpoint")(_check_host_port)
+
+
+class HttpReceiver(_Model):
+    endpoint: str = "0.0.0.0:4318"
+    max_request_body_size: Size = 20 * 1024 * 1024
+    tls: ServerTLS | None = None
+    auth: Auth | None = None
+
+    _endpoint = field_validator("endpoint")(_check_host_port)
+
+
+class Protocols(_Model):
+    grpc: GrpcReceiver | None = None
+    http: HttpReceiver | None = None
+
+
+class OtlpReceiver(_Model):
+    protocols: Protocols = Protocols(grpc=GrpcReceiver(), http=HttpReceiver())
+
+
+class Receivers(_Model):
+    otlp: OtlpReceiver = OtlpReceiver()
+
+
+class ClientTLS(_Model):
+    """TLS for an exporter, as the Collector's ``configtls`` client settings."""
+
+    insecure: bool = False
+    insecure_skip_verify: bool = False
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    server_name_override: str | None = None
+
+
+class SendingQueue(_Model):
+    """Bounded queue in front of an exporter; ``storage`` makes it persistent."""
+
+    num_consumers: int = Field(default=4, ge=1)
+    queue_size: int = Field(default=1000, ge=1)
+    sizer: Literal["requests", "items", "bytes"] = "requests"
+    storage: str | None = None
+
+
+class RetryOnFailure(_Model):
+    """Exponential backoff with jitter, as the Collector's ``configretry``."""
+
+    enabled: bool = True
+    initial_interval: Duration = 5.0
+    randomization_factor: float = Field(default=0.5, ge=0, le=1)
+    multiplier: float = Field(default=1.5, ge=1)
+    max_interval: Duration = 30.0
+    max_elapsed_time: Duration = 300.0
+
+
+class _NetworkExporter(_Model):
+    endpoint: str
+    headers: dict[str, str] = {}
+    compression: Literal["gzip", "none"] = "gzip"
+    tls: ClientTLS = ClientTLS()
+    timeout: Duration = 5.0
+    sending_queue: SendingQueue = SendingQueue()
+    retry_on_failure: RetryOnFailure = RetryOnFailure()
+
+
+class OtlpExporter(_NetworkExporter):
+    """OTLP/gRPC exporter; ``endpoint`` is ``host:port``."""
+
+    type: Literal["otlp"] = "otlp"
+    max_send_msg_size_mib: float = Field(default=64.0, gt=0)
+
+
+class OtlpHttpExporter(_NetworkExporter):
+    """OTLP/HTTP exporter; ``endpoint`` is a base URL (``/v1/<signal>`` is appended)."""
+
+    type: Literal["otlphttp"] = "otlphttp"
+    traces_endpoint: str | None = None
+    metrics_endpoint: str | None = None
+    logs_endpoint: str | None = None
+    encoding: Literal["proto", "json"] = "proto"
+
+
+class FileExporter(_Model):
+    """OTLP JSON lines, one request a line."""
+
+    type: Literal["file"] = "file"
+    path: str = "./otelai-out/forwarded.jsonl"
+    sending_queue: SendingQueue = SendingQueue(num_consumers=1)
+
+
+ExporterConfig = OtlpExporter | OtlpHttpExporter | FileExporter
+_EXPORTER_TYPES: dict[str, type[BaseModel]] = {
+    "otlp": OtlpExporter,
+    "otlphttp": OtlpHttpExporter,
+    "file": FileExporter,
+}
+
+
+class Selection(_Model):
+    normal_sample_rate: float = Field(default=0.05, ge=0, le=1)
+
+
+class MetricsTelemetry(_Model):
+    endpoint: str = "0.0.0.0:9464"
+
+    _endpoint = field_validator("endpoint")(_check_host_port)
+
+
+class LogsTelemetry(_Model):
+    level: Literal["debug", "info", "warn", "error"] = "info"
+    encoding: Literal["json", "console"] = "json"
+
+
+class Telemetry(_Model):
+    metrics: MetricsTelemetry | None = MetricsTelemetry()
+    logs: LogsTelemetry = LogsTelemetry()
+
+
+class ServiceSettings(_Model):
+    shutdown_timeout: Duration = 30.0
+    retry_after: Duration = 1.0
+    max_inflight_bytes: Size = 256 * 1024 * 1024
+
+
+class Config(_Model):
+    """The whole service configuration."""
+
+    receivers: Receivers = Receivers()
+    exporters: dict[str, Annotated[ExporterConfig, Field(discriminator="type")]] = {"file": FileExporter()}
+    selection: Selection = Selection()
+    telemetry: Telemetry = Telemetry()
+    service: ServiceSettings = ServiceSettings()
+
+    @field_validator("exporters", mode="before")
+    @classmethod
+    def _typed_exporters(cls, value: Any) -> Any:
+        if not isinstance(value, Mapping):
+            raise ValueError("exporters must be a mapping of name to settings")
+        if not value:
+            raise ValueError("at least one exporter is required")
+        typed: dict[str, Any] = {}
+        for name, settings in value.items():
+            kind = str(name).split("/", 1)[0]
+            if kind not in _EXPORTER_TYPES:
+                known = ", ".join(sorted(_EXPORTER_TYPES))
+                raise ValueError(f"exporter {name!r}: unknown type {kind!r} (known: {known})")
+            if isinstance(settings, BaseModel):
+                typed[name] = settings
+                continue
+            if settings is not None and not isinstance(settings, Mapping):
+                raise ValueError(f"exporter {name!r}: settings must be a mapping")
+            body = dict(settings or {})
+            if "type" in body:
+                raise ValueError(f"exporter {name!r}: unknown key 'type' (the type is the name before '/')")
+            body["type"] = kind
+            typed[name] = body
+        return typed
+
+
+EMBEDDED_DEFAULT = """\
+receivers:
+  otlp:
+    protocols:
+      grpc: {endpoint: "0.0.0.0:4317"}
+      http: {endpoint: "0.0.0.0:4318"}
+exporters:
+  file: {path: "./otelai-out/forwarded.jsonl"}
+telemetry:
+  metrics: {endpoint: "0.0.0.0:9464"}
+"""
+
+_ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _expand_env(text: str, environ: Mapping[str, str]) -> str:
+    return _ENV_REF.sub(lambda m: environ.get(m.group(1), ""), text)
+
+
+def _apply_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
+    for name, value in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
+        if path[0] not in Config.model_fields:
+            continue
+        node = raw
+        for key in path[:-1]:
+            child = node.get(key)
+            if not isinstance(child, dict):
+                child = {}
+                node[key] = child
+            node = child
+        node[path[-1]] = yaml.safe_load(value) if value else ""
+
+
+def _format_error(error: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for item in error.errors():
+        parts = [str(part) for part in item["loc"]]
+        if len(parts) > 2 and parts[0] == "exporters" and parts[2] in _EXPORTER_TYPES:
+            del parts[2]  # the union's tag repeats the exporter's type
+        loc = ".".join(parts)
+        msg = str(item["msg"]).removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"  {loc or '<root>'}: {msg}")
+    return "\n".join(lines)
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    text: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Read, expand, override and validate a configuration.
+
+    Parameters
+    ----------
+    path
+        YAML file; ``None`` with no ``text`` uses the embedded default.
+    text
+        YAML text to use instead of a file (``path`` then only names it in messages).
+    environ
+        Environment for ``${env:...}`` and ``OTELAI_*`` overrides; ``os.environ`` by default.
+    """
+    env = os.environ if environ is None else environ
+    source = str(path) if path is not None else "<embedded default>"
+    if text is None:
+        if path is None:
+            text = EMBEDDED_DEFAULT
+        else:
+            try:
+                text = Path(path).read_text()
+            except OSError as exc:
+                raise ConfigError(f"cannot read configuration {source}: {exc.strerror}") from exc
+    try:
+        raw = yaml.safe_load(_expand_env(text, env)) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"invalid YAML in {source}: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"invalid configuration in {source}: the top level must be a mapping")
+    _apply_overrides(raw, env)
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc, source)) from exc
