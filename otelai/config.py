@@ -80,7 +80,7 @@ class _Model(BaseModel):
 
 
 def _check_host_port(value: str) -> str:
-    host, sep, port = value.rpartition(":")
+    _host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"endpoint must be host:port, got {value!r}")
     return value

@@ -16,7 +16,7 @@ from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 
-class Signal(str, enum.Enum):
+class Signal(enum.StrEnum):
     """An OTLP signal; the value is the name used in metric labels and URLs."""
 
     TRACES = "traces"
@@ -96,17 +96,18 @@ def _count_points(metric: Any) -> int:
 def success_response(signal: Signal, rejected: int = 0, message: str = "") -> bytes:
     """Serialised Export response, with partial success when items were rejected."""
     spec = signal.spec
-    response = spec.response_type()
+    response: Any = spec.response_type()
     if rejected or message:
-        partial = getattr(response, "partial_success")
+        partial = response.partial_success
         setattr(partial, spec.rejected_field, rejected)
         partial.error_message = message
-    return response.SerializeToString()
+    data: bytes = response.SerializeToString()
+    return data
 
 
 def rejected_in_response(signal: Signal, data: bytes) -> tuple[int, str]:
     """Read the partial-success part of a serialised Export response."""
-    response = signal.spec.response_type()
+    response: Any = signal.spec.response_type()
     response.ParseFromString(data)
-    partial = getattr(response, "partial_success")
+    partial = response.partial_success
     return int(getattr(partial, signal.spec.rejected_field)), str(partial.error_message)

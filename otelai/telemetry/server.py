@@ -34,7 +34,9 @@ class TelemetryServer:
         self._runner = web.AppRunner(app, access_log=None)
 
     async def _metrics(self, _: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(self._registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(
+            body=generate_latest(self._registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
 
     async def start(self) -> None:
         await self._runner.setup()

@@ -34,7 +34,15 @@ telemetry:
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("200ms", 0.2), ("30s", 30.0), ("1m30s", 90.0), ("1h", 3600.0), ("0", 0.0), ("1.5s", 1.5), ("10us", 1e-5)],
+    [
+        ("200ms", 0.2),
+        ("30s", 30.0),
+        ("1m30s", 90.0),
+        ("1h", 3600.0),
+        ("0", 0.0),
+        ("1.5s", 1.5),
+        ("10us", 1e-5),
+    ],
 )
 def test_durations(text: str, seconds: float) -> None:
     assert parse_duration(text) == pytest.approx(seconds)
@@ -89,7 +97,10 @@ def test_exporter_names_with_suffix() -> None:
         ("exporters: {kafka: {}}", "unknown type 'kafka'"),
         ("exporters: {otlp: {}}", "exporters.otlp.endpoint: Field required"),
         ("exporters: {}", "at least one exporter"),
-        ("receivers: {otlp: {protocols: {grpc: {endpoint: nowhere}}}}", "receivers.otlp.protocols.grpc.endpoint"),
+        (
+            "receivers: {otlp: {protocols: {grpc: {endpoint: nowhere}}}}",
+            "receivers.otlp.protocols.grpc.endpoint",
+        ),
         ("selection: {normal_sample_rate: 2}", "selection.normal_sample_rate"),
         ("exporters: {otlp: {endpoint: 'a:1', type: otlphttp}}", "unknown key 'type'"),
         ("- a list", "top level must be a mapping"),

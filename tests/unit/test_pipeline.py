@@ -1,0 +1,52 @@
+from prometheus_client import CollectorRegistry
+
+from otelai.pipeline import Admission, Payload, Pipeline
+from otelai.signals import Signal
+from otelai.telemetry.metrics import Metrics
+
+
+class Box:
+    """A sink with a fixed number of request slots."""
+
+    def __init__(self, name: str, slots: int) -> None:
+        self.name = name
+        self.slots = slots
+        self.items: list[Payload] = []
+
+    def has_room(self, payload: Payload) -> bool:
+        return len(self.items) < self.slots
+
+    def put(self, payload: Payload) -> None:
+        self.items.append(payload)
+
+
+def _payload(items: int = 3) -> Payload:
+    return Payload(Signal.TRACES, b"\x0a\x00", items)
+
+
+def test_fans_out_to_every_sink_and_counts() -> None:
+    registry = CollectorRegistry()
+    a, b = Box("a", 10), Box("b", 10)
+    pipeline = Pipeline([a, b], Metrics(registry))
+    assert pipeline.submit(_payload()) is Admission.ACCEPTED
+    assert len(a.items) == len(b.items) == 1
+    labels = {"signal": "traces", "decision": "forwarded"}
+    assert registry.get_sample_value("otelai_selection_items_total", labels) == 3
+    assert registry.get_sample_value("otelai_pipeline_latency_seconds_count", {"signal": "traces"}) == 1
+
+
+def test_admission_is_all_or_nothing() -> None:
+    a, b = Box("a", 10), Box("b", 1)
+    pipeline = Pipeline([a, b], Metrics(CollectorRegistry()))
+    assert pipeline.submit(_payload()) is Admission.ACCEPTED
+    assert pipeline.submit(_payload()) is Admission.OVERLOADED
+    # the refused request is in neither queue, so the client's retry duplicates nothing
+    assert len(a.items) == len(b.items) == 1
+
+
+def test_stopping_refuses() -> None:
+    a = Box("a", 10)
+    pipeline = Pipeline([a], Metrics(CollectorRegistry()))
+    pipeline.stop_accepting()
+    assert pipeline.submit(_payload()) is Admission.STOPPING
+    assert not a.items
