@@ -98,9 +98,10 @@ def _replay(args: argparse.Namespace) -> int:
         print(f"otelai: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     print(
-        f"sent {stats.requests} requests, {stats.items} items, {stats.bytes} bytes; failures: {stats.failures}"
+        f"sent {stats.requests} requests, {stats.items} items, {stats.bytes} bytes; "
+        f"failed requests: {stats.failures}, rejected items: {stats.rejected}, skipped sources: {stats.skipped}"
     )
-    return EXIT_REPLAY if stats.failures else 0
+    return EXIT_REPLAY if stats.failures or stats.skipped else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
