@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from otelai import __version__
 from otelai.config import Config
-from otelai.exporter import build_exporter
+from otelai.exporter import ExporterNotFoundError, build_exporter
 from otelai.exporter.queue import SendingQueue, build_queue
 from otelai.pipeline import Pipeline
 from otelai.receiver.grpc import GrpcReceiver
@@ -53,7 +53,7 @@ class Service:
     async def start(self) -> None:
         try:
             await self._start()
-        except OSError as exc:
+        except (OSError, ValueError, ExporterNotFoundError) as exc:
             await self._close_all()
             raise StartupError(f"cannot start: {exc}") from exc
 
