@@ -8,6 +8,7 @@ request the pipeline refuses is in none of them and the client's retry duplicate
 from __future__ import annotations
 
 import enum
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,6 +16,8 @@ from typing import Protocol
 
 from otelai.signals import Signal
 from otelai.telemetry.metrics import Metrics
+
+log = logging.getLogger("otelai.pipeline")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +44,7 @@ class Sink(Protocol):
     """Where the pipeline hands payloads: an exporter's sending queue."""
 
     name: str
+    durable: bool  # a put that can fail (disk); put first
 
     def has_room(self, payload: Payload) -> bool: ...
 
@@ -51,7 +55,8 @@ class Pipeline:
     """Fans each admitted payload out to every sink."""
 
     def __init__(self, sinks: Sequence[Sink], metrics: Metrics) -> None:
-        self._sinks = list(sinks)
+        # Sinks that can fail a put (disk) go first, so a failure leaves the others untouched.
+        self._sinks = sorted(sinks, key=lambda sink: not sink.durable)
         self._metrics = metrics
         self._stopping = False
 
@@ -65,9 +70,15 @@ class Pipeline:
         # No await between the check and the puts: on one event loop this is atomic.
         if not all(sink.has_room(payload) for sink in self._sinks):
             return Admission.OVERLOADED
-        for sink in self._sinks:
-            sink.put(payload)
         signal = payload.signal.value
+        for sink in self._sinks:
+            try:
+                sink.put(payload)
+            except OSError as exc:
+                # Refused, so the client retries; a sink that already took it sees it twice.
+                log.error("queue storage failed", extra={"queue": sink.name, "error": str(exc)})
+                self._metrics.receiver_refused.labels(signal, "storage").inc()
+                return Admission.OVERLOADED
         self._metrics.selection_items.labels(signal, "forwarded").inc(payload.items)
         elapsed = (time.monotonic_ns() - payload.received_ns) / 1e9
         self._metrics.pipeline_latency.labels(signal).observe(elapsed)

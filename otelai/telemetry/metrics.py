@@ -48,13 +48,13 @@ class Metrics:
         )
         self.receiver_refused = Counter(
             "otelai_receiver_refused_requests",
-            "Requests refused, by reason (invalid, unauthenticated, too_large, overloaded).",
+            "Requests refused, by reason (invalid, unauthenticated, too_large, overloaded, stopping, storage).",
             ["signal", "reason"],
             registry=registry,
         )
         self.exporter_items = Counter(
             "otelai_exporter_items",
-            "Items handed to exporters, by final outcome (sent, failed, dropped).",
+            "Items handed to exporters, by final outcome (sent, rejected, failed, dropped).",
             ["signal", "outcome"],
             registry=registry,
         )

@@ -8,6 +8,8 @@ from otelai.telemetry.metrics import Metrics
 class Box:
     """A sink with a fixed number of request slots."""
 
+    durable = False
+
     def __init__(self, name: str, slots: int) -> None:
         self.name = name
         self.slots = slots
@@ -50,3 +52,24 @@ def test_stopping_refuses() -> None:
     pipeline.stop_accepting()
     assert pipeline.submit(_payload()) is Admission.STOPPING
     assert not a.items
+
+
+class BrokenDisk(Box):
+    durable = True
+
+    def put(self, payload: Payload) -> None:
+        raise OSError(28, "No space left on device")
+
+
+def test_storage_failure_refuses_before_touching_memory_queues() -> None:
+    registry = CollectorRegistry()
+    memory, disk = Box("memory", 10), BrokenDisk("disk", 10)
+    pipeline = Pipeline([memory, disk], Metrics(registry))
+    assert pipeline.submit(_payload()) is Admission.OVERLOADED
+    assert not memory.items
+    assert (
+        registry.get_sample_value(
+            "otelai_receiver_refused_requests_total", {"signal": "traces", "reason": "storage"}
+        )
+        == 1
+    )
