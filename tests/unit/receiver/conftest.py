@@ -21,6 +21,8 @@ from otelai.telemetry.metrics import Metrics
 class RecordingSink:
     """Stands in for an exporter's sending queue: records payloads, room on demand."""
 
+    durable = False
+
     def __init__(self, name: str = "recording") -> None:
         self.name = name
         self.room = True
