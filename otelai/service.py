@@ -108,7 +108,11 @@ class Service:
             await self.http.stop()
         remaining = max(0.0, timeout - (time.monotonic() - started))
         results = await asyncio.gather(*(queue.drain(remaining) for queue in self.queues))
-        left = {queue.name: queue.pending_requests() for queue, ok in zip(self.queues, results) if not ok}
+        left = {
+            queue.name: queue.pending_requests()
+            for queue, ok in zip(self.queues, results, strict=True)
+            if not ok
+        }
         await self._close_all()
         log.info(
             "otelai stopped",
