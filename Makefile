@@ -48,7 +48,7 @@ test-integration: $(STAMP) system-deps
 lint: $(STAMP)
 	$(VENV)/bin/ruff check otelai tests benchmarks
 	$(VENV)/bin/ruff format --check otelai tests benchmarks
-	$(VENV)/bin/mypy --strict otelai
+	$(VENV)/bin/mypy --strict otelai benchmarks
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format otelai tests benchmarks

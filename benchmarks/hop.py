@@ -1,0 +1,404 @@
+"""Throughput and added latency of a pass-through OTLP hop: otelai beside rotel, in one run.
+
+Usage::
+
+    .venv/bin/python benchmarks/hop.py --out benchmarks/results/hop.json [--duration 8]
+
+One load generator process and one counting sink process serve every hop in turn:
+``direct`` (loadgen -> sink, the baseline), ``rotel`` (default batching), ``rotel-nobatch``
+and ``otelai``. For each hop, a throughput phase saturates it with ``--concurrency`` requests
+in flight and counts spans acknowledged by the hop and spans arrived at the sink (the truth);
+then a latency phase offers every hop the same fixed rate (half the slower hop's measured
+throughput unless ``--latency-rate`` is given) and times each request from the load
+generator's send to the sink's arrival on the shared monotonic clock. Added latency is the
+hop's percentile minus the direct percentile. See benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import math
+import multiprocessing
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from multiprocessing.connection import Connection
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import counting_sink
+import hops
+import loadgen
+from measure import machine_cpu_s, machine_info, process_cpu_s, summary_ms
+
+_SPAWN = multiprocessing.get_context("spawn")  # grpc does not survive fork
+CALL_SLACK_S = 30.0
+
+
+class BenchError(Exception):
+    """A helper process failed or did not answer."""
+
+
+def ask(conn: Connection, command: tuple[Any, ...], timeout: float) -> Any:
+    """Send a command to a helper process and return its reply."""
+    conn.send(command)
+    if not conn.poll(timeout):
+        raise BenchError(f"no reply to {command[0]!r} within {timeout:.0f}s")
+    reply = conn.recv()
+    if isinstance(reply, tuple) and reply and reply[0] == "error":
+        raise BenchError(f"{command[0]!r} failed: {reply[1]}")
+    return reply
+
+
+@contextlib.contextmanager
+def helper(
+    target: Callable[..., None], *args: Any
+) -> Iterator[tuple[multiprocessing.process.BaseProcess, Any]]:
+    """A helper process and its ready message; stopped, then killed if need be, on exit."""
+    parent, child = _SPAWN.Pipe()
+    process = _SPAWN.Process(target=target, args=(child, *args), daemon=True)
+    process.start()
+    child.close()
+    try:
+        if not parent.poll(60):
+            raise BenchError(f"{target.__module__} did not start")
+        ready = parent.recv()
+        yield process, (parent, ready[1])
+        with contextlib.suppress(Exception):  # a polite stop only when all went well
+            parent.send(("stop",))
+            if parent.poll(5):
+                parent.recv()
+            process.join(5)
+    finally:
+        if process.is_alive():
+            process.terminate()
+            process.join(5)
+        if process.is_alive():
+            process.kill()
+            process.join()
+        parent.close()
+
+
+def _sleep_until(deadline_ns: int) -> None:
+    delay = deadline_ns - time.monotonic_ns()
+    if delay > 0:
+        time.sleep(delay / 1e9)
+
+
+class Bench:
+    """Runs the phases against each hop, with one load generator and one sink."""
+
+    def __init__(self, args: argparse.Namespace, sink_conn: Connection, sink_pid: int | None) -> None:
+        self.args = args
+        self.sink = sink_conn
+        self.sink_pid = sink_pid
+        self.loadgen: Connection | None = None
+        self.loadgen_pid: int | None = None
+
+    def _wait_for_sink(self, done: Callable[[], bool], quiet_s: float) -> float:
+        """Wait until ``done()`` or the sink count stops moving for ``quiet_s``; return seconds waited."""
+        start = time.monotonic()
+        last, last_change = -1, start
+        while time.monotonic() - start < self.args.flush_timeout:
+            if done():
+                break
+            spans = ask(self.sink, ("totals",), 10)["spans"]
+            if spans != last:
+                last, last_change = spans, time.monotonic()
+            elif time.monotonic() - last_change > quiet_s:
+                break
+            time.sleep(0.05)
+        return time.monotonic() - start
+
+    def throughput(self, hop: hops.RunningHop) -> dict[str, Any]:
+        """Saturate the hop; spans/s acknowledged and arrived, CPU of each process."""
+        assert self.loadgen is not None
+        args = self.args
+        ask(self.sink, ("reset",), 10)
+        start_ns = time.monotonic_ns() + int(args.warmup * 1e9)
+        end_ns = start_ns + int(args.duration * 1e9)
+        self.loadgen.send(("throughput", hop.target, args.concurrency, start_ns, end_ns))
+        pids = {"hop": hop.pid, "sink": self.sink_pid, "loadgen": self.loadgen_pid}
+        _sleep_until(start_ns)
+        cpu0 = {name: process_cpu_s(pid) for name, pid in pids.items()}
+        machine0 = machine_cpu_s()
+        _sleep_until(end_ns)
+        cpu1 = {name: process_cpu_s(pid) for name, pid in pids.items()}
+        machine1 = machine_cpu_s()
+        if not self.loadgen.poll(CALL_SLACK_S):
+            raise BenchError("the load generator did not finish")
+        sent = self.loadgen.recv()
+        if isinstance(sent, tuple):
+            raise BenchError(f"load generator: {sent[1]}")
+        acked = sent["acked_spans_total"]
+        flush_s = self._wait_for_sink(lambda: ask(self.sink, ("totals",), 10)["spans"] >= acked, quiet_s=1.0)
+        totals = ask(self.sink, ("totals",), 10)
+        window = ask(self.sink, ("window", start_ns, end_ns), 30)
+        seconds = (end_ns - start_ns) / 1e9
+        cores = {name: (cpu1[name] - cpu0[name]) / seconds for name in pids}
+        sink_rate = window / seconds
+        return {
+            "spans_per_s_ack": sent["ack_spans_per_s"],
+            "spans_per_s_sink": sink_rate,
+            "acked_spans": acked,
+            "arrived_spans": totals["spans"],
+            "lost_spans": max(0, acked - totals["spans"]),
+            "sink_requests": totals["requests"],
+            "sink_bad_requests": totals["bad_requests"],
+            "spans_per_sink_request": totals["spans"] / totals["requests"] if totals["requests"] else 0,
+            "errors": sent["errors"],
+            "flush_wait_s": round(flush_s, 3),
+            "cpu_cores": {name: round(value, 3) for name, value in cores.items()},
+            "machine_cpu_busy": round((machine1[0] - machine0[0]) / max(1e-9, machine1[1] - machine0[1]), 3),
+            "spans_per_hop_cpu_s": sink_rate / cores["hop"] if cores["hop"] > 0 else None,
+        }
+
+    def latency(self, hop: hops.RunningHop, rate_spans: float) -> dict[str, Any]:
+        """Offer a fixed rate; end-to-end latency of every marked request after the warm-up."""
+        assert self.loadgen is not None
+        args = self.args
+        rate_rps = rate_spans / args.spans
+        ask(self.sink, ("reset",), 10)
+        begin_ns = time.monotonic_ns() + 50_000_000
+        measured_ns = begin_ns + int(args.latency_warmup * 1e9)
+        end_ns = measured_ns + int(args.latency_duration * 1e9)
+        timeout = (end_ns - time.monotonic_ns()) / 1e9 + CALL_SLACK_S
+        sent = ask(
+            self.loadgen, ("latency", hop.target, rate_rps, begin_ns, end_ns, args.max_inflight), timeout
+        )
+        wanted: int = sent["acked_requests"]
+
+        def all_arrived() -> bool:
+            arrived: int = ask(self.sink, ("marker_count",), 10)
+            return arrived >= wanted
+
+        flush_s = self._wait_for_sink(all_arrived, quiet_s=1.0)
+        markers = ask(self.sink, ("markers",), 30)
+        e2e = [arrival - send for _, send, arrival in markers if send >= measured_ns]
+        acks = [latency for send, latency in sent["acks"] if send >= measured_ns]
+        return {
+            "offered_spans_per_s": rate_spans,
+            "offered_requests_per_s": rate_rps,
+            "sent_requests": sent["sent_requests"],
+            "skipped_requests": sent["skipped_requests"],
+            "arrived_requests": len(markers),
+            "lost_requests": max(0, sent["acked_requests"] - len(markers)),
+            "samples": len(e2e),
+            "e2e_ms": summary_ms(e2e),
+            "ack_ms": summary_ms(acks),
+            "max_schedule_lag_ms": sent["max_schedule_lag_ms"],
+            "errors": sent["errors"],
+            "flush_wait_s": round(flush_s, 3),
+        }
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/hop.json"))
+    parser.add_argument("--hops", default=",".join(hops.HOPS), help="comma-separated; direct always runs")
+    parser.add_argument("--duration", type=float, default=8.0, help="throughput window per hop, seconds")
+    parser.add_argument("--warmup", type=float, default=1.0, help="load before each throughput window")
+    parser.add_argument("--latency-duration", type=float, default=None, help="default: --duration")
+    parser.add_argument("--latency-warmup", type=float, default=1.0)
+    parser.add_argument(
+        "--latency-rate", type=float, default=None, help="spans/s offered; default half the slower hop's max"
+    )
+    parser.add_argument("--latency-fraction", type=float, default=0.5)
+    parser.add_argument("--concurrency", type=int, default=32, help="requests in flight (throughput)")
+    parser.add_argument("--max-inflight", type=int, default=64, help="cap in the latency phase")
+    parser.add_argument("--spans", type=int, default=512, help="spans per request")
+    parser.add_argument("--batches", type=int, default=8, help="distinct pre-serialised requests")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--flush-timeout", type=float, default=15.0)
+    parser.add_argument(
+        "--otelai-config", type=Path, default=None, help="YAML with {GRPC_PORT} {SINK_PORT} {METRICS_PORT}"
+    )
+    args = parser.parse_args(argv)
+    if args.latency_duration is None:
+        args.latency_duration = args.duration
+    names = [name.strip() for name in args.hops.split(",") if name.strip()]
+    unknown = [name for name in names if name not in hops.HOPS]
+    if unknown:
+        parser.error(f"unknown hop(s) {', '.join(unknown)}; known: {', '.join(hops.HOPS)}")
+    args.hop_names = ["direct", *[name for name in names if name != "direct"]]
+    return args
+
+
+def _rate_for_latency(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> float:
+    if args.latency_rate:
+        return float(args.latency_rate)
+    rates = [
+        result["throughput"]["spans_per_s_sink"]
+        for name, result in results.items()
+        if name != "direct" and "throughput" in result
+    ]
+    if not rates and "throughput" in results.get("direct", {}):
+        rates = [results["direct"]["throughput"]["spans_per_s_sink"]]
+    return args.latency_fraction * min(rates) if rates else 10_000.0
+
+
+def _added(results: dict[str, dict[str, Any]]) -> None:
+    base = results.get("direct", {}).get("latency", {}).get("e2e_ms")
+    for name, result in results.items():
+        latency = result.get("latency")
+        if name == "direct" or not latency or not base:
+            continue
+        latency["added_ms"] = {q: latency["e2e_ms"][q] - base[q] for q in ("p50", "p99", "p999")}
+
+
+def _ratio(results: dict[str, dict[str, Any]], top: str, bottom: str, key: str) -> float | None:
+    try:
+        value: float = results[top]["throughput"][key] / results[bottom]["throughput"][key]
+    except (KeyError, TypeError, ZeroDivisionError):
+        return None
+    return round(value, 3)
+
+
+def _table(report: dict[str, Any]) -> str:
+    lines = [
+        f"{'hop':<14}{'ack spans/s':>13}{'sink spans/s':>14}{'hop cores':>10}"
+        f"{'e2e p50':>9}{'e2e p99':>9}{'added p50':>11}{'added p99':>11}  (ms)"
+    ]
+    for name, result in report["hops"].items():
+        if "throughput" not in result:
+            reason = str(result.get("skipped") or result.get("error", "?")).strip().splitlines()
+            lines.append(f"{name:<14}{' | '.join(reason)}"[:200])
+            continue
+        tput, lat = result["throughput"], result.get("latency", {})
+        e2e, added = lat.get("e2e_ms", {}), lat.get("added_ms", {})
+        hop_cores = tput["cpu_cores"].get("hop")
+
+        def fmt(value: float | None, width: int, digits: int = 1) -> str:
+            return f"{'-':>{width}}" if value is None or math.isnan(value) else f"{value:>{width}.{digits}f}"
+
+        lines.append(
+            f"{name:<14}{tput['spans_per_s_ack']:>13,.0f}{tput['spans_per_s_sink']:>14,.0f}"
+            f"{fmt(hop_cores, 10, 2)}{fmt(e2e.get('p50'), 9, 2)}{fmt(e2e.get('p99'), 9, 2)}"
+            f"{fmt(added.get('p50'), 11, 2)}{fmt(added.get('p99'), 11, 2)}"
+        )
+    for key, value in report["ratios"].items():
+        lines.append(f"{key}: {value}")
+    return "\n".join(lines)
+
+
+def _run_hop(bench: Bench, name: str, sink_port: int, workdir: Path, config: str | None) -> dict[str, Any]:
+    try:
+        with hops.start(name, sink_port, workdir, otelai_config_text=config) as hop:
+            result: dict[str, Any] = {"command": hop.command, "settings": hop.settings}
+            result["throughput"] = bench.throughput(hop)
+            if failure := hop.failure():
+                result["error"] = failure
+            return result
+    except hops.HopUnavailable as error:
+        print(f"skipping {name}: {error}", file=sys.stderr)
+        return {"skipped": str(error)}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Every phase for every hop; the report as a JSON-ready dict."""
+    report: dict[str, Any] = {
+        "benchmark": "hop",
+        "started_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "parameters": {
+            key: (str(value) if isinstance(value, Path) else value)
+            for key, value in vars(args).items()
+            if key not in ("out", "hops")
+        },
+    }
+    config = args.otelai_config.read_text() if args.otelai_config else None
+    results: dict[str, dict[str, Any]] = {}
+    with (
+        tempfile.TemporaryDirectory(prefix="otelai-bench-") as tmp,
+        helper(counting_sink.serve) as (sink_process, (sink_conn, sink_port)),
+        helper(loadgen.serve, args.seed, args.batches, args.spans) as (lg_process, (lg_conn, sizes)),
+    ):
+        workdir = Path(tmp)
+        report["parameters"]["request_bytes"] = sizes
+        bench = Bench(args, sink_conn, sink_process.pid)
+        bench.loadgen, bench.loadgen_pid = lg_conn, lg_process.pid
+        # Throughput of every hop first: the latency phase's rate depends on the slowest.
+        # Hops are started per phase so an idle hop never shares the CPU with a measured one.
+        for name in args.hop_names:
+            print(f"[{name}] throughput ...", file=sys.stderr, flush=True)
+            try:
+                results[name] = _run_hop(bench, name, sink_port, workdir, config)
+            except Exception as error:
+                print(f"[{name}] failed: {error}", file=sys.stderr)
+                results[name] = {"error": str(error)}
+        rate = _rate_for_latency(args, results)
+        for name in args.hop_names:
+            if "throughput" not in results[name]:
+                continue
+            print(f"[{name}] latency at {rate:,.0f} spans/s ...", file=sys.stderr, flush=True)
+            try:
+                with hops.start(name, sink_port, workdir, otelai_config_text=config) as hop:
+                    results[name]["latency"] = bench.latency(hop, rate)
+                    if failure := hop.failure():
+                        results[name]["latency_error"] = failure
+            except Exception as error:
+                print(f"[{name}] latency failed: {error}", file=sys.stderr)
+                results[name]["latency_error"] = str(error)
+    _added(results)
+    report["hops"] = results
+    report["ratios"] = {
+        "otelai_over_rotel_spans_per_s_sink": _ratio(results, "otelai", "rotel", "spans_per_s_sink"),
+        "otelai_over_rotel_spans_per_s_ack": _ratio(results, "otelai", "rotel", "spans_per_s_ack"),
+        "otelai_over_rotel_spans_per_hop_cpu_s": _ratio(results, "otelai", "rotel", "spans_per_hop_cpu_s"),
+        "otelai_over_rotel_nobatch_spans_per_s_sink": _ratio(
+            results, "otelai", "rotel-nobatch", "spans_per_s_sink"
+        ),
+    }
+    report["notes"] = [
+        "spans_per_s_sink (arrived at the sink inside the window) is the truth; ack counts what the hop accepted.",
+        "rotel runs with its defaults (batches of up to 8192 spans, 200ms timeout) and OTLP export "
+        "compression none like otelai; rotel-nobatch adds --disable-batching (forwards each request).",
+        "direct is loadgen -> sink with no hop: its spans/s is the harness's ceiling, its latency the baseline.",
+        "Added latency = hop percentile - direct percentile at the same offered rate; both on CLOCK_MONOTONIC.",
+        "All processes share this machine's cores: compare hops only within one run.",
+    ]
+    report["finished_at"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    return report
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)  # unwinds the context managers, which stop every process
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    report = run(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(_finite(report), indent=2, allow_nan=False) + "\n")
+    print(_table(report))
+    print(f"wrote {args.out}")
+    failed = [
+        name for name, result in report["hops"].items() if "error" in result or "latency_error" in result
+    ]
+    if failed:
+        print(f"failed: {', '.join(failed)} (see {args.out})", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _finite(value: Any) -> Any:
+    """The report with NaN (no samples) as null, since JSON has no NaN."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
+
+
+if __name__ == "__main__":
+    sys.exit(main())
