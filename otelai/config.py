@@ -234,7 +234,6 @@ class Telemetry(_Model):
 class ServiceSettings(_Model):
     shutdown_timeout: Duration = 30.0
     retry_after: Duration = 1.0
-    max_inflight_bytes: Size = 256 * 1024 * 1024
 
 
 class Config(_Model):

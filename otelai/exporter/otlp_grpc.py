@@ -109,6 +109,9 @@ def grpc_metadata(headers: Mapping[str, str], exporter: str) -> tuple[tuple[str,
     return tuple(metadata)
 
 
+_MAX_RECONNECT_BACKOFF_MS = 5000
+
+
 class OtlpGrpcExporter(Exporter):
     """Sends each request with one unary ``Export`` call over a ``grpc.aio`` channel.
 
@@ -133,6 +136,11 @@ class OtlpGrpcExporter(Exporter):
         self._options: list[tuple[str, str | int]] = [
             ("grpc.max_send_message_length", int(config.max_send_msg_size_mib * 1024 * 1024)),
             ("grpc.primary_user_agent", f"otelai/{__version__}"),
+            # gRPC's own reconnect backoff grows to 120 s; cap it so delivery resumes soon
+            # after upstream returns instead of long after our retry already gave up waiting.
+            ("grpc.initial_reconnect_backoff_ms", 250),
+            ("grpc.min_reconnect_backoff_ms", 250),
+            ("grpc.max_reconnect_backoff_ms", _MAX_RECONNECT_BACKOFF_MS),
         ]
         if secure and config.tls.server_name_override:
             self._options.append(("grpc.ssl_target_name_override", config.tls.server_name_override))
