@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from otelai.signals import Signal
 from otelai.telemetry.metrics import Metrics
@@ -25,13 +25,15 @@ class Payload:
     """One accepted OTLP export request, kept serialised.
 
     ``data`` is the ``Export*ServiceRequest`` protobuf; ``received_ns`` is
-    ``time.monotonic_ns()`` at receipt, for the pipeline latency.
+    ``time.monotonic_ns()`` at receipt, for the pipeline latency; ``request`` is the parsed
+    message when the receiver has it (scoring reads it instead of parsing again).
     """
 
     signal: Signal
     data: bytes
     items: int
     received_ns: int = field(default_factory=time.monotonic_ns)
+    request: Any = field(default=None, compare=False, repr=False)
 
 
 class Admission(enum.Enum):
@@ -63,10 +65,14 @@ class Pipeline:
     def stop_accepting(self) -> None:
         self._stopping = True
 
-    def submit(self, payload: Payload) -> Admission:
-        """Hand ``payload`` to every sink, or to none when any is full."""
+    async def submit(self, payload: Payload) -> Admission:
+        """Admit ``payload``; the answer is what the receiver tells the client."""
         if self._stopping:
             return Admission.STOPPING
+        return self.hand_off(payload)
+
+    def hand_off(self, payload: Payload) -> Admission:
+        """Hand ``payload`` to every sink, or to none when any is full."""
         # No await between the check and the puts: on one event loop this is atomic.
         if not all(sink.has_room(payload) for sink in self._sinks):
             return Admission.OVERLOADED

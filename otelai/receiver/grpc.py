@@ -152,17 +152,17 @@ class GrpcReceiver:
             log.debug("refused OTLP/gRPC request: %s", refusal.message)
             await self._refuse(context, signal, refusal.reason, status.bad_request(refusal.message))
         if not decoded.empty:
-            payload = Payload(signal, data, decoded.items, received_ns)
-            admission = self._submit(payload)
+            payload = Payload(signal, data, decoded.items, received_ns, decoded.request)
+            admission = await self._submit(payload)
             if admission is not Admission.ACCEPTED:
                 await self._refuse_admission(context, signal, admission)
         self._metrics.receiver_items.labels(signal.value).inc(decoded.items)
         self._metrics.receiver_bytes.labels(signal.value).inc(len(data))
         return self._success[signal]
 
-    def _submit(self, payload: Payload) -> Admission:
+    async def _submit(self, payload: Payload) -> Admission:
         try:
-            return self._pipeline.submit(payload)
+            return await self._pipeline.submit(payload)
         except Exception:  # not acknowledged, so the client retries and nothing is lost
             log.exception("pipeline failed to take a %s request", payload.signal.value)
             return Admission.STOPPING

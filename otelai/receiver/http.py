@@ -141,7 +141,8 @@ class HttpReceiver:
         except Refusal as refusal:
             return self._refusal_response(signal, refusal, request)
         if not decoded.empty:
-            admission = self._submit(Payload(signal, decoded.data, decoded.items, received_ns))
+            payload = Payload(signal, decoded.data, decoded.items, received_ns, decoded.request)
+            admission = await self._submit(payload)
             if admission is not Admission.ACCEPTED:
                 return self._refuse_admission(signal, admission, decoded.encoding)
         self._metrics.receiver_items.labels(signal.value).inc(decoded.items)
@@ -187,9 +188,9 @@ class HttpReceiver:
             chunks.append(chunk)
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    def _submit(self, payload: Payload) -> Admission:
+    async def _submit(self, payload: Payload) -> Admission:
         try:
-            return self._pipeline.submit(payload)
+            return await self._pipeline.submit(payload)
         except Exception:  # not acknowledged, so the client retries and nothing is lost
             log.exception("pipeline failed to take a %s request", payload.signal.value)
             return Admission.STOPPING

@@ -26,31 +26,31 @@ def _payload(items: int = 3) -> Payload:
     return Payload(Signal.TRACES, b"\x0a\x00", items)
 
 
-def test_fans_out_to_every_sink_and_counts() -> None:
+async def test_fans_out_to_every_sink_and_counts() -> None:
     registry = CollectorRegistry()
     a, b = Box("a", 10), Box("b", 10)
     pipeline = Pipeline([a, b], Metrics(registry))
-    assert pipeline.submit(_payload()) is Admission.ACCEPTED
+    assert await pipeline.submit(_payload()) is Admission.ACCEPTED
     assert len(a.items) == len(b.items) == 1
     labels = {"signal": "traces", "decision": "forwarded"}
     assert registry.get_sample_value("otelai_selection_items_total", labels) == 3
     assert registry.get_sample_value("otelai_pipeline_latency_seconds_count", {"signal": "traces"}) == 1
 
 
-def test_admission_is_all_or_nothing() -> None:
+async def test_admission_is_all_or_nothing() -> None:
     a, b = Box("a", 10), Box("b", 1)
     pipeline = Pipeline([a, b], Metrics(CollectorRegistry()))
-    assert pipeline.submit(_payload()) is Admission.ACCEPTED
-    assert pipeline.submit(_payload()) is Admission.OVERLOADED
+    assert await pipeline.submit(_payload()) is Admission.ACCEPTED
+    assert await pipeline.submit(_payload()) is Admission.OVERLOADED
     # the refused request is in neither queue, so the client's retry duplicates nothing
     assert len(a.items) == len(b.items) == 1
 
 
-def test_stopping_refuses() -> None:
+async def test_stopping_refuses() -> None:
     a = Box("a", 10)
     pipeline = Pipeline([a], Metrics(CollectorRegistry()))
     pipeline.stop_accepting()
-    assert pipeline.submit(_payload()) is Admission.STOPPING
+    assert await pipeline.submit(_payload()) is Admission.STOPPING
     assert not a.items
 
 
@@ -61,11 +61,11 @@ class BrokenDisk(Box):
         raise OSError(28, "No space left on device")
 
 
-def test_storage_failure_refuses_before_touching_memory_queues() -> None:
+async def test_storage_failure_refuses_before_touching_memory_queues() -> None:
     registry = CollectorRegistry()
     memory, disk = Box("memory", 10), BrokenDisk("disk", 10)
     pipeline = Pipeline([memory, disk], Metrics(registry))
-    assert pipeline.submit(_payload()) is Admission.OVERLOADED
+    assert await pipeline.submit(_payload()) is Admission.OVERLOADED
     assert not memory.items
     assert (
         registry.get_sample_value(

@@ -233,12 +233,12 @@ async def test_the_pipeline_admits_into_the_queue_until_it_is_full() -> None:
     exporter = RecordingExporter()
     queue = _queue(exporter, registry, queue_size=2)
     pipeline = Pipeline([queue], Metrics(CollectorRegistry()))
-    assert pipeline.submit(_payload()) is Admission.ACCEPTED
-    assert pipeline.submit(_payload()) is Admission.ACCEPTED
-    assert pipeline.submit(_payload()) is Admission.OVERLOADED
+    assert await pipeline.submit(_payload()) is Admission.ACCEPTED
+    assert await pipeline.submit(_payload()) is Admission.ACCEPTED
+    assert await pipeline.submit(_payload()) is Admission.OVERLOADED
     await queue.start()
     assert await queue.drain(timeout=10)
-    assert pipeline.submit(_payload()) is Admission.ACCEPTED
+    assert await pipeline.submit(_payload()) is Admission.ACCEPTED
     assert await queue.drain(timeout=10)
     assert len(exporter.delivered) == 3
     await queue.stop()

@@ -1,0 +1,52 @@
+"""The detector interface: learn from normal traffic, score new items (high = anomalous).
+
+Shaped like River's anomaly detectors (``learn_one`` / ``score_one``), with batch forms that
+the hot path uses: every detector works on a float32 feature matrix, one row an item.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import ClassVar
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float32]
+IntArray = npt.NDArray[np.int64]
+
+
+class Detector(abc.ABC):
+    """An anomaly detector over feature vectors of one fixed width."""
+
+    name: ClassVar[str]
+
+    @abc.abstractmethod
+    def learn_many(self, features: FloatArray) -> None:
+        """Update the detector with a batch of (presumed normal) rows."""
+
+    @abc.abstractmethod
+    def score_many(self, features: FloatArray) -> FloatArray:
+        """Raw anomaly scores, one per row, higher = more anomalous; 0 while not ready."""
+
+    def explain_many(self, features: FloatArray, top: int = 3) -> IntArray:
+        """Indices of the ``top`` features that drove each row's score (-1 where none did)."""
+        return np.full((len(features), top), -1, dtype=np.int64)
+
+    def score_explain_many(self, features: FloatArray, top: int = 3) -> tuple[FloatArray, IntArray]:
+        """Scores and top contributing features in one pass (one inference run where possible)."""
+        return self.score_many(features), self.explain_many(features, top)
+
+    @property
+    def ready(self) -> bool:
+        """Whether the scores mean anything yet (enough has been learned)."""
+        return True
+
+    def learn_one(self, features: FloatArray) -> None:
+        self.learn_many(np.asarray(features, dtype=np.float32).reshape(1, -1))
+
+    def score_one(self, features: FloatArray) -> float:
+        return float(self.score_many(np.asarray(features, dtype=np.float32).reshape(1, -1))[0])
+
+    def close(self) -> None:
+        """Release what the detector holds (inference sessions)."""
