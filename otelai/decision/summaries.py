@@ -1,0 +1,339 @@
+"""Summaries of dropped spans and log records, sent upstream as OTLP delta metrics.
+
+Selection drops most normal traffic; so that upstream totals stay right, otelai forwards, per
+interval, what it dropped: per (service, span name) span and error counts and a latency
+histogram, and per (service, log template) record counts. Counting follows the spanmetrics
+connector of the Collector (calls, errors, duration histogram per service.name and span.name;
+explicit bucket boundaries, by default the OpenTelemetry SDK's default boundaries in ms).
+Upstream, the total of a series is (forwarded items) + (``otelai.dropped.*``).
+
+Metrics (OpenTelemetry data model, ``specification/metrics/data-model.md``):
+
+- ``otelai.dropped.spans`` ``{span}``: Sum, monotonic, delta.
+- ``otelai.dropped.errors`` ``{span}``: Sum, monotonic, delta (spans with status ERROR).
+- ``otelai.dropped.duration`` ``ms``: Histogram, delta, with min and max.
+- ``otelai.dropped.log_records`` ``{log_record}``: Sum, monotonic, delta.
+
+``service.name`` is a resource attribute, ``span.name`` or ``otelai.log.template`` a point
+attribute. Every point of one flush covers the same interval ``(start, now]``, the previous
+flush to this one.
+
+Why delta temporality: otelai is a stateless hop. Cumulative points need a writer that keeps
+every series' running total for its whole life, and a restart would be a reset that upstream
+must detect; several replicas writing cumulative points for the same (service, span.name)
+would break the data model's single-writer rule. Delta points carry only what was dropped in
+their interval, so a restart loses nothing already sent, state is bounded by one interval, and
+replicas' points add up. To keep each stream single-writer anyway, set ``instance_id`` (a
+resource attribute ``otelai.instance.id``) per replica. Back ends that need cumulative series
+convert with the Collector's ``deltatocumulative`` processor.
+
+Cardinality is bounded as the metrics SDK bounds it ("Cardinality limits" in
+``specification/metrics/sdk.md``): at most ``max_series`` series per table and interval, the
+last one being an overflow series with the attribute ``otel.metric.overflow=true`` (and no
+service.name) into which every further (service, name) pair is aggregated, so totals stay exact.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import numpy.typing as npt
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
+from opentelemetry.proto.common.v1 import common_pb2
+from opentelemetry.proto.metrics.v1 import metrics_pb2
+from opentelemetry.proto.resource.v1 import resource_pb2
+
+from otelai import __version__
+
+# opentelemetry-sdk's _DEFAULT_EXPLICIT_BUCKET_HISTOGRAM_AGGREGATION_BOUNDARIES (milliseconds).
+DEFAULT_BOUNDARIES_MS: tuple[float, ...] = (
+    0.0,
+    5.0,
+    10.0,
+    25.0,
+    50.0,
+    75.0,
+    100.0,
+    250.0,
+    500.0,
+    750.0,
+    1000.0,
+    2500.0,
+    5000.0,
+    7500.0,
+    10000.0,
+)
+DEFAULT_MAX_SERIES = 2000  # the metrics SDK's default cardinality limit
+OVERFLOW = 0  # series id of the overflow series in every table
+OVERFLOW_ATTRIBUTE = "otel.metric.overflow"
+SCOPE_NAME = "otelai.decision.summaries"
+SPAN_NAME = "span.name"
+TEMPLATE = "otelai.log.template"
+_DELTA = metrics_pb2.AGGREGATION_TEMPORALITY_DELTA
+
+
+class SeriesTable:
+    """Dense ids for (service, name) pairs, with id 0 the overflow series.
+
+    Parameters
+    ----------
+    max_series
+        Ids handed out, the overflow series included.
+    """
+
+    def __init__(self, *, max_series: int = DEFAULT_MAX_SERIES) -> None:
+        if max_series < 2:
+            raise ValueError(f"max_series must be at least 2 (one series and the overflow), got {max_series}")
+        self.max_series = max_series
+        self._ids: dict[tuple[str, str], int] = {}
+        self.keys: list[tuple[str, str]] = [("", "")]  # index 0: the overflow series
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def intern(self, service: str, name: str) -> int:
+        """The id of a pair; the overflow id once ``max_series - 1`` pairs are known."""
+        key = (service, name)
+        found = self._ids.get(key)
+        if found is not None:
+            return found
+        if len(self.keys) >= self.max_series:
+            return OVERFLOW
+        ident = self._ids[key] = len(self.keys)
+        self.keys.append(key)
+        return ident
+
+    def intern_many(self, services: Sequence[str], names: Sequence[str]) -> npt.NDArray[np.int64]:
+        """Ids of many pairs (one dictionary look-up each: about 0.1 us)."""
+        if len(services) != len(names):
+            raise ValueError(f"{len(services)} services for {len(names)} names")
+        # Known pairs resolve in one C-level map; only new pairs take the slow path.
+        found = list(map(self._ids.get, zip(services, names, strict=True)))
+        if None in found:
+            found = [
+                self.intern(s, n) if i is None else i for i, s, n in zip(found, services, names, strict=True)
+            ]
+        return np.array(found, dtype=np.int64)
+
+    def valid(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        """``ids`` with any id this table did not hand out mapped to the overflow series."""
+        bad = (ids < 0) | (ids >= len(self.keys))
+        return np.where(bad, OVERFLOW, ids) if bad.any() else ids
+
+
+class DroppedSummaries:
+    """Accumulates what selection dropped and renders it as an OTLP metrics request.
+
+    Ids from :meth:`intern_spans` and :meth:`intern_logs` are valid until the next
+    :meth:`flush`: each interval starts with empty tables (as a delta SDK forgets its series),
+    so a pair that falls silent frees its place.
+
+    Parameters
+    ----------
+    boundaries_ms
+        Explicit histogram bucket boundaries in milliseconds, increasing.
+    max_series
+        Cardinality limit of each table (spans, logs), the overflow series included.
+    instance_id
+        Set as the resource attribute ``otelai.instance.id`` so each replica writes its own streams.
+    resource_attributes
+        Further string attributes set on every resource.
+    start_ns
+        Start of the first interval (Unix nanoseconds); now by default.
+    """
+
+    def __init__(
+        self,
+        *,
+        boundaries_ms: Sequence[float] = DEFAULT_BOUNDARIES_MS,
+        max_series: int = DEFAULT_MAX_SERIES,
+        instance_id: str = "",
+        resource_attributes: Mapping[str, str] | None = None,
+        start_ns: int | None = None,
+    ) -> None:
+        bounds = np.asarray(boundaries_ms, dtype=np.float64)
+        if bounds.ndim != 1 or (bounds.size > 1 and not np.all(np.diff(bounds) > 0)):
+            raise ValueError(f"histogram boundaries must be strictly increasing, got {list(boundaries_ms)}")
+        self.boundaries_ms = bounds
+        self.max_series = max_series
+        self._resource_attributes = dict(resource_attributes or {})
+        if instance_id:
+            self._resource_attributes["otelai.instance.id"] = instance_id
+        self.interval_start_ns = time.time_ns() if start_ns is None else start_ns
+        self._reset()
+
+    def _reset(self) -> None:
+        self.spans = SeriesTable(max_series=self.max_series)
+        self.logs = SeriesTable(max_series=self.max_series)
+        buckets = self.boundaries_ms.size + 1
+        self.span_counts = np.zeros(self.max_series, dtype=np.int64)
+        self.error_counts = np.zeros(self.max_series, dtype=np.int64)
+        self.bucket_counts = np.zeros((self.max_series, buckets), dtype=np.int64)
+        self.duration_sum = np.zeros(self.max_series, dtype=np.float64)
+        self.duration_min = np.full(self.max_series, np.inf)
+        self.duration_max = np.full(self.max_series, -np.inf)
+        self.log_counts = np.zeros(self.max_series, dtype=np.int64)
+
+    def intern_spans(self, services: Sequence[str], span_names: Sequence[str]) -> npt.NDArray[np.int64]:
+        """Series ids of (service.name, span name) pairs."""
+        return self.spans.intern_many(services, span_names)
+
+    def intern_logs(self, services: Sequence[str], templates: Sequence[str]) -> npt.NDArray[np.int64]:
+        """Series ids of (service.name, template id) pairs."""
+        return self.logs.intern_many(services, templates)
+
+    def add_spans(
+        self,
+        series: npt.NDArray[np.int64],
+        durations_ns: npt.NDArray[np.integer],
+        is_error: npt.NDArray[np.bool_],
+        dropped: npt.NDArray[np.bool_],
+    ) -> None:
+        """Count the dropped spans of a batch.
+
+        Parameters
+        ----------
+        series
+            Series id of every span of the batch, from :meth:`intern_spans`.
+        durations_ns
+            ``end - start`` of every span; negative durations (skewed clocks) count as 0.
+        is_error
+            Whether each span has status ERROR.
+        dropped
+            Which spans selection dropped; only these are counted.
+        """
+        ids = self.spans.valid(series[dropped])
+        if ids.size == 0:
+            return
+        # Only the ids handed out so far: bincount over the whole capacity would cost more.
+        size = len(self.spans)
+        # As int64, an unsigned end - start that wrapped below zero becomes negative again.
+        millis = np.maximum(durations_ns[dropped].astype(np.int64), 0) / 1e6
+        self.span_counts[:size] += np.bincount(ids, minlength=size)
+        self.error_counts[:size] += np.bincount(ids[is_error[dropped]], minlength=size)
+        # Bucket i counts (bounds[i-1], bounds[i]]: upper bounds inclusive, as in OTLP.
+        bucket = np.searchsorted(self.boundaries_ms, millis, side="left")
+        width = self.bucket_counts.shape[1]
+        flat = np.bincount(ids * width + bucket, minlength=size * width)
+        self.bucket_counts[:size] += flat.reshape(size, width)
+        self.duration_sum[:size] += np.bincount(ids, weights=millis, minlength=size)
+        np.minimum.at(self.duration_min, ids, millis)
+        np.maximum.at(self.duration_max, ids, millis)
+
+    def add_logs(self, series: npt.NDArray[np.int64], dropped: npt.NDArray[np.bool_]) -> None:
+        """Count the dropped log records of a batch (``series`` from :meth:`intern_logs`)."""
+        ids = self.logs.valid(series[dropped])
+        if ids.size:
+            size = len(self.logs)
+            self.log_counts[:size] += np.bincount(ids, minlength=size)
+
+    @property
+    def empty(self) -> bool:
+        """Whether nothing was dropped since the last flush."""
+        return not (self.span_counts.any() or self.log_counts.any())
+
+    def flush(self, now_ns: int | None = None) -> bytes:
+        """A serialized ``ExportMetricsServiceRequest`` for the interval ending now, then reset.
+
+        Returns ``b""`` when nothing was dropped in the interval (no request to send).
+        """
+        end = time.time_ns() if now_ns is None else now_ns
+        start = self.interval_start_ns
+        request = b"" if self.empty else self._request(start, end).SerializeToString()
+        self.interval_start_ns = end
+        self._reset()
+        return request
+
+    def _request(self, start: int, end: int) -> metrics_service_pb2.ExportMetricsServiceRequest:
+        request = metrics_service_pb2.ExportMetricsServiceRequest()
+        scopes: dict[str, metrics_pb2.ScopeMetrics] = {}
+        metrics: dict[tuple[str, str], metrics_pb2.Metric] = {}
+
+        def metric(service: str, name: str) -> metrics_pb2.Metric:
+            found = metrics.get((service, name))
+            if found is not None:
+                return found
+            scope = scopes.get(service)
+            if scope is None:
+                scope = scopes[service] = self._scope(request, service)
+            created = metrics[(service, name)] = _new_metric(scope, name)
+            return created
+
+        for ident in np.flatnonzero(self.span_counts).tolist():
+            service, span_name = self.spans.keys[ident]
+            attrs = _point_attributes(ident, SPAN_NAME, span_name)
+            _sum_point(
+                metric(service, "otelai.dropped.spans"), attrs, start, end, int(self.span_counts[ident])
+            )
+            if self.error_counts[ident]:
+                errors = int(self.error_counts[ident])
+                _sum_point(metric(service, "otelai.dropped.errors"), attrs, start, end, errors)
+            point = metric(service, "otelai.dropped.duration").histogram.data_points.add(
+                start_time_unix_nano=start,
+                time_unix_nano=end,
+                count=int(self.span_counts[ident]),
+                sum=float(self.duration_sum[ident]),
+                min=float(self.duration_min[ident]),
+                max=float(self.duration_max[ident]),
+            )
+            point.attributes.extend(attrs)
+            point.bucket_counts.extend(self.bucket_counts[ident].tolist())
+            point.explicit_bounds.extend(self.boundaries_ms.tolist())
+        for ident in np.flatnonzero(self.log_counts).tolist():
+            service, template = self.logs.keys[ident]
+            attrs = _point_attributes(ident, TEMPLATE, template)
+            _sum_point(
+                metric(service, "otelai.dropped.log_records"), attrs, start, end, int(self.log_counts[ident])
+            )
+        return request
+
+    def _scope(
+        self, request: metrics_service_pb2.ExportMetricsServiceRequest, service: str
+    ) -> metrics_pb2.ScopeMetrics:
+        attributes = dict(self._resource_attributes)
+        if service:
+            attributes["service.name"] = service
+        resource_metrics = request.resource_metrics.add(
+            resource=resource_pb2.Resource(attributes=[_string_kv(k, v) for k, v in attributes.items()])
+        )
+        return resource_metrics.scope_metrics.add(
+            scope=common_pb2.InstrumentationScope(name=SCOPE_NAME, version=__version__)
+        )
+
+
+_METRICS: dict[str, tuple[str, str, str]] = {
+    "otelai.dropped.spans": ("sum", "{span}", "Spans dropped by otelai selection (not forwarded)."),
+    "otelai.dropped.errors": ("sum", "{span}", "Spans with status ERROR dropped by otelai selection."),
+    "otelai.dropped.duration": ("histogram", "ms", "Duration of the spans dropped by otelai selection."),
+    "otelai.dropped.log_records": ("sum", "{log_record}", "Log records dropped by otelai selection."),
+}
+
+
+def _new_metric(scope: metrics_pb2.ScopeMetrics, name: str) -> metrics_pb2.Metric:
+    kind, unit, description = _METRICS[name]
+    metric = scope.metrics.add(name=name, unit=unit, description=description)
+    if kind == "sum":
+        metric.sum.aggregation_temporality = _DELTA
+        metric.sum.is_monotonic = True
+    else:
+        metric.histogram.aggregation_temporality = _DELTA
+    return metric
+
+
+def _sum_point(
+    metric: metrics_pb2.Metric, attrs: list[common_pb2.KeyValue], start: int, end: int, value: int
+) -> None:
+    point = metric.sum.data_points.add(start_time_unix_nano=start, time_unix_nano=end, as_int=value)
+    point.attributes.extend(attrs)
+
+
+def _point_attributes(ident: int, key: str, value: str) -> list[common_pb2.KeyValue]:
+    if ident == OVERFLOW:
+        return [common_pb2.KeyValue(key=OVERFLOW_ATTRIBUTE, value=common_pb2.AnyValue(bool_value=True))]
+    return [_string_kv(key, value)]
+
+
+def _string_kv(key: str, value: str) -> common_pb2.KeyValue:
+    return common_pb2.KeyValue(key=key, value=common_pb2.AnyValue(string_value=value))
