@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 ENV_PREFIX = "OTELAI_"
 
@@ -212,7 +220,134 @@ _EXPORTER_TYPES: dict[str, type[BaseModel]] = {
 
 
 class Selection(_Model):
+    """What is forwarded: anomalies, their trace context, and a consistent sample of the rest."""
+
     normal_sample_rate: float = Field(default=0.05, ge=0, le=1)
+    # Significant hex digits of the ot=th threshold (the Collector's probabilistic_sampler name).
+    sampling_precision: int = Field(default=4, ge=1, le=14)
+    # Calibrated scores are quantiles of recent traffic: 0.99 tags the rarest 1%.
+    anomaly_threshold: float = Field(default=0.99, ge=0, le=1)
+    critical_threshold: float = Field(default=0.999, ge=0, le=1)
+    # Trace buffer: recent requests are kept this long so a critical span's earlier spans can follow it.
+    decision_wait: Duration = 5.0
+    trace_buffer_size: Size = 64 * 1024 * 1024
+    # Later spans of a critical trace are forwarded for this long after it was seen.
+    critical_trace_ttl: Duration = 60.0
+    max_critical_traces: int = Field(default=10_000, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Selection:
+        if self.anomaly_threshold > self.critical_threshold:
+            raise ValueError("anomaly_threshold must not exceed critical_threshold")
+        return self
+
+
+class Batching(_Model):
+    """Adaptive batching in front of the models (``otelai.batching``)."""
+
+    min_batch_size: int = Field(default=64, ge=1)
+    max_batch_size: int = Field(default=4096, ge=1)
+    max_wait: Duration = 0.002
+    latency_target: Duration = 0.010
+    max_queued_items: int = Field(default=65536, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Batching:
+        if self.min_batch_size > self.max_batch_size:
+            raise ValueError("min_batch_size must not exceed max_batch_size")
+        return self
+
+
+class Calibration(_Model):
+    """Empirical-CDF calibration of raw scores over recent traffic."""
+
+    window: int = Field(default=8192, ge=16)
+    sample_rate: float = Field(default=0.05, gt=0, le=1)
+    min_samples: int = Field(default=1024, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _fits(self) -> Calibration:
+        if self.min_samples > self.window:
+            raise ValueError("min_samples must not exceed window")
+        return self
+
+
+class PcaModel(_Model):
+    """The online principal-subspace detector (``otelai.detectors.pca``)."""
+
+    enabled: bool = True
+    variance: float = Field(default=0.95, gt=0, le=1)
+    min_samples: int = Field(default=2048, ge=16)
+    reservoir_size: int = Field(default=8192, ge=16)
+    refit_every: int = Field(default=200_000, ge=1)
+
+
+class Scoring(_Model):
+    """Scoring of every item: backends, batching, calibration, detectors."""
+
+    enabled: bool = True
+    signals: list[Literal["traces", "logs", "metrics"]] = ["traces", "logs", "metrics"]
+    # Ordered fallback list of inference backends (entry points in ``otelai.backends``).
+    backend: list[str] = ["onnxruntime"]
+    backend_options: dict[str, dict[str, Any]] = {}
+    batching: Batching = Batching()
+    calibration: Calibration = Calibration()
+    pca: PcaModel = PcaModel()
+    model_version: str = "builtin-0"
+
+
+class ExplicitBuckets(_Model):
+    buckets: list[Duration] = [0, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10]
+
+
+class SummaryHistogram(_Model):
+    explicit: ExplicitBuckets = ExplicitBuckets()
+
+
+class Summaries(_Model):
+    """Summaries of what was dropped, forwarded as delta OTLP metrics (spanmetrics key names)."""
+
+    enabled: bool = True
+    interval: Duration = 10.0
+    histogram: SummaryHistogram = SummaryHistogram()
+    aggregation_cardinality_limit: int = Field(default=2000, ge=2)
+    instance_id: str = ""
+
+
+class Webhook(_Model):
+    url: str
+    headers: dict[str, str] = {}
+    timeout: Duration = 5.0
+
+
+class Alerts(_Model):
+    """Local alerts for anomalies: a structured log line, optionally an Alertmanager webhook."""
+
+    group_window: Duration = 300.0
+    rate: float = Field(default=1.0, gt=0)
+    burst: int = Field(default=20, ge=1)
+    queue_size: int = Field(default=1000, ge=1)
+    resolve_after: Duration = 300.0
+    generator_url: str = ""
+    webhook: Webhook | None = None
+
+
+class Mitigation(_Model):
+    """A hook run on critical anomalies: a webhook or a command (argv, no shell)."""
+
+    webhook: Webhook | None = None
+    command: list[str] | None = None
+    max_runs: int = Field(default=1, ge=1)
+    interval: Duration = 300.0
+    timeout: Duration = 30.0
+    dry_run: bool = False
+
+    @model_validator(mode="after")
+    def _one_action(self) -> Mitigation:
+        if (self.webhook is None) == (self.command is None):
+            raise ValueError("set exactly one of webhook or command")
+        return self
 
 
 class MetricsTelemetry(_Model):
@@ -242,6 +377,10 @@ class Config(_Model):
     receivers: Receivers = Receivers()
     exporters: dict[str, Annotated[ExporterConfig, Field(discriminator="type")]] = {"file": FileExporter()}
     selection: Selection = Selection()
+    scoring: Scoring = Scoring()
+    summaries: Summaries = Summaries()
+    alerts: Alerts = Alerts()
+    mitigation: Mitigation | None = None
     telemetry: Telemetry = Telemetry()
     service: ServiceSettings = ServiceSettings()
 
