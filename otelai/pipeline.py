@@ -53,14 +53,21 @@ class Sink(Protocol):
     def put(self, payload: Payload) -> None: ...
 
 
+class Stage(Protocol):
+    """Work between admission and the sinks for one signal (the scoring stage)."""
+
+    async def submit(self, payload: Payload) -> Admission: ...
+
+
 class Pipeline:
-    """Fans each admitted payload out to every sink."""
+    """Admits payloads, runs each signal's stage if it has one, and fans the result out."""
 
     def __init__(self, sinks: Sequence[Sink], metrics: Metrics) -> None:
         # Sinks that can fail a put (disk) go first, so a failure leaves the others untouched.
         self._sinks = sorted(sinks, key=lambda sink: not sink.durable)
         self._metrics = metrics
         self._stopping = False
+        self.stages: dict[Signal, Stage] = {}
 
     def stop_accepting(self) -> None:
         self._stopping = True
@@ -69,23 +76,40 @@ class Pipeline:
         """Admit ``payload``; the answer is what the receiver tells the client."""
         if self._stopping:
             return Admission.STOPPING
-        return self.hand_off(payload)
+        stage = self.stages.get(payload.signal)
+        if stage is None:
+            admission = self.deliver(payload)
+            if admission is Admission.ACCEPTED:
+                self._metrics.selection_items.labels(payload.signal.value, "forwarded").inc(payload.items)
+                self.observe_latency([payload])
+            return admission
+        # Refuse before scoring when the exporters could not take the result anyway.
+        if not self.has_room(payload):
+            return Admission.OVERLOADED
+        return await stage.submit(payload)
 
-    def hand_off(self, payload: Payload) -> Admission:
+    def has_room(self, payload: Payload) -> bool:
+        return all(sink.has_room(payload) for sink in self._sinks)
+
+    def deliver(self, payload: Payload) -> Admission:
         """Hand ``payload`` to every sink, or to none when any is full."""
         # No await between the check and the puts: on one event loop this is atomic.
-        if not all(sink.has_room(payload) for sink in self._sinks):
+        if not self.has_room(payload):
             return Admission.OVERLOADED
-        signal = payload.signal.value
         for sink in self._sinks:
             try:
                 sink.put(payload)
             except OSError as exc:
                 # Refused, so the client retries; a sink that already took it sees it twice.
                 log.error("queue storage failed", extra={"queue": sink.name, "error": str(exc)})
-                self._metrics.receiver_refused.labels(signal, "storage").inc()
+                self._metrics.receiver_refused.labels(payload.signal.value, "storage").inc()
                 return Admission.OVERLOADED
-        self._metrics.selection_items.labels(signal, "forwarded").inc(payload.items)
-        elapsed = (time.monotonic_ns() - payload.received_ns) / 1e9
-        self._metrics.pipeline_latency.labels(signal).observe(elapsed)
         return Admission.ACCEPTED
+
+    def observe_latency(self, payloads: Sequence[Payload]) -> None:
+        """Receipt-to-hand-off latency of each request, observed at hand-off."""
+        now = time.monotonic_ns()
+        for payload in payloads:
+            self._metrics.pipeline_latency.labels(payload.signal.value).observe(
+                (now - payload.received_ns) / 1e9
+            )

@@ -131,6 +131,30 @@ class Metrics:
             ["version", "backend"],
             registry=registry,
         )
+        self.scoring_fail_open = Counter(
+            "otelai_fail_open_items",
+            "Items forwarded unscored (fail open), by reason (error, too_slow).",
+            ["signal", "reason"],
+            registry=registry,
+        )
+        self.alerts = Counter(
+            "otelai_alerts",
+            "Anomaly alerts by outcome (logged, deduplicated, rate_limited, queue_full, sent, failed).",
+            ["severity", "outcome"],
+            registry=registry,
+        )
+        self.mitigations = Counter(
+            "otelai_mitigations",
+            "Mitigation hook runs by outcome (ran, failed, timeout, rate_limited, cooldown, queue_full, dry_run).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.calibration_warm = Gauge(
+            "otelai_calibration_warm",
+            "1 once a signal's score calibration holds its minimum samples.",
+            ["signal"],
+            registry=registry,
+        )
         self.build_info = Gauge(
             "otelai_build_info",
             "otelai version (value 1).",

@@ -1,0 +1,131 @@
+import asyncio
+from collections.abc import Sequence
+
+from prometheus_client import CollectorRegistry
+
+from otelai.config import Batching
+from otelai.pipeline import Admission, Payload, Pipeline
+from otelai.scoring.stage import ScoringStage
+from otelai.signals import Signal
+from otelai.telemetry.metrics import Metrics
+
+
+class Box:
+    durable = False
+
+    def __init__(self, slots: int = 100) -> None:
+        self.name = "box"
+        self.slots = slots
+        self.items: list[Payload] = []
+
+    def has_room(self, payload: Payload) -> bool:
+        return len(self.items) < self.slots
+
+    def put(self, payload: Payload) -> None:
+        self.items.append(payload)
+
+
+class Halver:
+    """Keeps the payloads with an even item count; records what it saw."""
+
+    signal = Signal.TRACES
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.batches: list[int] = []
+        self.failed_open: list[str] = []
+        self.ticks = 0
+
+    def process(self, payloads: Sequence[Payload]) -> list[Payload]:
+        if self.fail:
+            raise RuntimeError("model broke")
+        self.batches.append(len(payloads))
+        return [p for p in payloads if p.items % 2 == 0]
+
+    def fail_open(self, payloads: Sequence[Payload], reason: str) -> list[Payload]:
+        self.failed_open.append(reason)
+        return list(payloads)
+
+    def tick(self, now_ns: int) -> list[Payload]:
+        self.ticks += 1
+        return [Payload(Signal.METRICS, b"summary", 1)]
+
+
+def _setup(processor: Halver, box: Box) -> tuple[Pipeline, ScoringStage, CollectorRegistry]:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    pipeline = Pipeline([box], metrics)
+    batching = Batching(min_batch_size=1, max_batch_size=64, max_wait="1ms", latency_target="5s")
+    stage = ScoringStage(processor, pipeline, batching, metrics, tick_interval=3600)
+    pipeline.stages[Signal.TRACES] = stage
+    return pipeline, stage, registry
+
+
+async def test_acknowledges_after_scoring_and_forwards_the_selection() -> None:
+    box, processor = Box(), Halver()
+    pipeline, stage, registry = _setup(processor, box)
+    await stage.start()
+    try:
+        payloads = [Payload(Signal.TRACES, b"x", n) for n in range(1, 9)]
+        results = await asyncio.gather(*(pipeline.submit(p) for p in payloads))
+        assert all(r is Admission.ACCEPTED for r in results)
+        assert sorted(p.items for p in box.items) == [2, 4, 6, 8]
+        assert sum(processor.batches) == 8
+        assert registry.get_sample_value("otelai_pipeline_latency_seconds_count", {"signal": "traces"}) == 8
+        assert registry.get_sample_value("otelai_batch_size_count") == len(processor.batches)
+    finally:
+        await stage.stop()
+
+
+async def test_scoring_failure_fails_open_and_loses_nothing() -> None:
+    box, processor = Box(), Halver(fail=True)
+    pipeline, stage, registry = _setup(processor, box)
+    await stage.start()
+    try:
+        payloads = [Payload(Signal.TRACES, b"x", n) for n in (1, 2, 3)]
+        results = await asyncio.gather(*(pipeline.submit(p) for p in payloads))
+        assert all(r is Admission.ACCEPTED for r in results)
+        assert len(box.items) == 3
+        assert set(processor.failed_open) == {"error"}
+        value = registry.get_sample_value(
+            "otelai_fail_open_items_total", {"signal": "traces", "reason": "error"}
+        )
+        assert value == 6
+    finally:
+        await stage.stop()
+
+
+async def test_a_batch_past_its_deadline_is_forwarded_unscored() -> None:
+    box, processor = Box(), Halver()
+    pipeline, stage, _ = _setup(processor, box)
+    await stage.start()
+    try:
+        stale = Payload(Signal.TRACES, b"x", 2, received_ns=0)  # received long ago
+        assert await pipeline.submit(stale) is Admission.ACCEPTED
+        assert processor.failed_open == ["too_slow"]
+        assert box.items == [stale]
+    finally:
+        await stage.stop()
+
+
+async def test_full_exporters_refuse_before_scoring() -> None:
+    box, processor = Box(slots=0), Halver()
+    pipeline, stage, _ = _setup(processor, box)
+    await stage.start()
+    try:
+        assert await pipeline.submit(Payload(Signal.TRACES, b"x", 2)) is Admission.OVERLOADED
+        assert processor.batches == []
+    finally:
+        await stage.stop()
+
+
+async def test_periodic_output_is_delivered_on_drain() -> None:
+    box, processor = Box(), Halver()
+    _, stage, _ = _setup(processor, box)
+    await stage.start()
+    try:
+        assert await stage.drain(1.0)
+        assert processor.ticks == 1
+        assert [p.data for p in box.items] == [b"summary"]
+    finally:
+        await stage.stop()
