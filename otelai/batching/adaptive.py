@@ -1,0 +1,291 @@
+"""Adaptive batching of OTLP requests in front of a model, on one asyncio event loop.
+
+Requests (each carrying some number of spans, log records or points) queue in FIFO order.
+One worker task forms batches and awaits ``process`` on them one at a time, in order: a
+batch closes when it holds the controller's target number of items, or when its oldest
+request has waited the controller's current wait. The control law that moves the target and
+the wait from measured latency lives in :mod:`otelai.batching.controller`; Triton's dynamic
+batcher (NVIDIA Triton Inference Server, "Dynamic Batcher") is the offline-tuned original.
+
+Requests are never split: a batch holds whole requests, and a request larger than the
+target makes a batch of its own. The batcher never raises into its caller: a full queue
+refuses the request (``offer`` returns ``False``, back-pressure), a failing ``process``
+hands its requests to ``on_error`` and the worker carries on, and ``stop`` hands whatever
+it did not process to ``on_error`` too, so the pipeline can fail open and lose nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from otelai.batching.controller import BatchController
+
+log = logging.getLogger("otelai.batching")
+
+T = TypeVar("T")
+
+
+class BatcherStopped(Exception):
+    """Given to ``on_error`` for requests the batcher stopped before processing."""
+
+
+class AdaptiveBatcher(Generic[T]):
+    """Groups requests into batches sized online to a p99 latency target.
+
+    Parameters
+    ----------
+    process
+        Processes one batch, in offer order; awaited one batch at a time.
+    size_of
+        Items (spans, records, points) in a request.
+    min_batch_size, max_batch_size
+        Bounds of the batch target, items.
+    max_wait
+        Longest the oldest request waits for its batch to fill, seconds.
+    latency_target_p99
+        Target p99 of request latency from ``offer`` to the end of ``process``, seconds.
+    max_queued_items
+        Items the queue may hold; ``offer`` refuses beyond it (a request alone in an empty
+        queue is always taken, or a big one could never enter).
+    on_batch
+        Called with (items, processing seconds) after each batch (``otelai_batch_size``).
+    on_violation
+        Called with the number of requests of a batch whose latency exceeded the target
+        (``otelai_sla_violations_total``).
+    on_error
+        Called with the requests of a batch that ``process`` failed on (or that ``stop``
+        left unprocessed) and the exception; default: log them.
+    controller
+        The control law; by default one built from the bounds above.
+    """
+
+    def __init__(
+        self,
+        process: Callable[[list[T]], Awaitable[None]],
+        *,
+        size_of: Callable[[T], int],
+        min_batch_size: int = 64,
+        max_batch_size: int = 4096,
+        max_wait: float = 0.002,
+        latency_target_p99: float = 0.010,
+        max_queued_items: int = 65536,
+        on_batch: Callable[[int, float], None] | None = None,
+        on_violation: Callable[[int], None] | None = None,
+        on_error: Callable[[Sequence[T], BaseException], None] | None = None,
+        controller: BatchController | None = None,
+    ) -> None:
+        self._process = process
+        self._size_of = size_of
+        self._max_queued = max_queued_items
+        self._on_batch = on_batch
+        self._on_violation = on_violation
+        self._on_error = on_error
+        self.controller = controller or BatchController(
+            min_batch_size=min_batch_size,
+            max_batch_size=max_batch_size,
+            max_wait=max_wait,
+            latency_target_p99=latency_target_p99,
+        )
+        # (request, items, enqueue time): tuples, not objects, on the per-request path.
+        self._queue: deque[tuple[T, int, float]] = deque()
+        self._queued_items = 0
+        self._offered_since = 0
+        self._last_batch_end: float | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._flushing = False
+        self._closed = False
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def queued_items(self) -> int:
+        """Items waiting (not counting the batch being processed)."""
+        return self._queued_items
+
+    def offer(self, item: T) -> bool:
+        """Queue ``item``; ``False`` (and nothing queued) when the queue is full or stopped.
+
+        Must be called on the batcher's event loop; never blocks.
+        """
+        if self._closed:
+            return False
+        size = self._size_of(item)
+        if self._queue and self._queued_items + size > self._max_queued:
+            return False
+        self._queue.append((item, size, asyncio.get_running_loop().time()))
+        self._queued_items += size
+        self._offered_since += size
+        self._idle.clear()
+        waiter = self._waiter
+        # Wake the worker only when that changes what it waits for: a first request
+        # (it needs a deadline) or a full batch.
+        if (
+            waiter is not None
+            and not waiter.done()
+            and (len(self._queue) == 1 or self._queued_items >= self.controller.target)
+        ):
+            waiter.set_result(None)
+        return True
+
+    async def start(self) -> None:
+        """Start the worker task on the running loop."""
+        if self._task is None:
+            self._last_batch_end = asyncio.get_running_loop().time()
+            self._task = asyncio.create_task(self._run(), name="otelai-batcher")
+
+    async def drain(self, timeout: float) -> bool:  # noqa: ASYNC109
+        """Process everything queued without waiting for batches to fill.
+
+        Returns ``True`` when the queue is empty and nothing is in flight within ``timeout``
+        seconds. Requests offered meanwhile are drained too.
+        """
+        self._flushing = True
+        self._wake()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        finally:
+            self._flushing = False
+        return True
+
+    async def stop(self) -> None:
+        """Cancel the worker; hand the in-flight and queued requests to ``on_error``."""
+        self._closed = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        left = [entry[0] for entry in self._queue]
+        self._queue.clear()
+        self._queued_items = 0
+        self._idle.set()
+        if left:
+            self._report_error(left, BatcherStopped("batcher stopped before processing"))
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _sleep_or_wake(self, delay: float | None) -> None:
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiter = waiter
+        handle = None
+        if delay is not None:
+            handle = loop.call_later(delay, _resolve, waiter)
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            if handle is not None:
+                handle.cancel()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self._queue:
+                self._idle.set()
+                await self._sleep_or_wake(None)
+            deadline = self._queue[0][2] + self.controller.wait
+            while self._queued_items < self.controller.target and not self._flushing:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                await self._sleep_or_wake(remaining)
+            await self._run_batch(loop)
+
+    def _take(self) -> tuple[list[T], list[int], list[float]]:
+        target = self.controller.target
+        items: list[T] = []
+        sizes: list[int] = []
+        times: list[float] = []
+        total = 0
+        queue = self._queue
+        while queue and (not items or total + queue[0][1] <= target):
+            item, size, enqueued = queue.popleft()
+            items.append(item)
+            sizes.append(size)
+            times.append(enqueued)
+            total += size
+        self._queued_items -= total
+        return items, sizes, times
+
+    async def _run_batch(self, loop: asyncio.AbstractEventLoop) -> None:
+        items, sizes, times = self._take()
+        total = sum(sizes)
+        started = loop.time()
+        failed = False
+        try:
+            await self._process(items)
+        except asyncio.CancelledError:
+            self._report_error(items, BatcherStopped("batcher stopped while processing"))
+            raise
+        except Exception as exc:
+            failed = True
+            log.error("batch processing failed", extra={"requests": len(items), "error": repr(exc)})
+            self._report_error(items, exc)
+        done = loop.time()
+        self._observe(
+            total,
+            done - started,
+            np.asarray(times, dtype=np.float64),
+            np.asarray(sizes, dtype=np.float64),
+            done,
+            failed,
+        )
+
+    def _observe(
+        self,
+        total: int,
+        seconds: float,
+        enqueued: npt.NDArray[np.float64],
+        weights: npt.NDArray[np.float64],
+        done: float,
+        failed: bool,
+    ) -> None:
+        latencies = done - enqueued
+        controller = self.controller
+        if self._last_batch_end is not None:
+            controller.observe_arrivals(self._offered_since, done - self._last_batch_end)
+        self._offered_since = 0
+        self._last_batch_end = done
+        # A failed batch's time says nothing about the cost of scoring; keep it out of the model.
+        try:
+            if not failed:
+                controller.observe_batch(total, seconds, latencies, weights)
+        except Exception:  # the worker must outlive a bug in the control law
+            log.exception("batch controller failed")
+        violations = int(np.count_nonzero(latencies > controller.latency_target_p99))
+        try:
+            if self._on_batch is not None:
+                self._on_batch(total, seconds)
+            if violations and self._on_violation is not None:
+                self._on_violation(violations)
+        except Exception:
+            log.exception("batch callback failed")
+
+    def _report_error(self, items: Sequence[T], exc: BaseException) -> None:
+        if self._on_error is None:
+            log.error("requests not processed", extra={"requests": len(items), "error": repr(exc)})
+            return
+        try:
+            self._on_error(items, exc)
+        except Exception:
+            log.exception("on_error callback failed")
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
