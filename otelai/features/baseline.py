@@ -1,0 +1,384 @@
+"""Streaming per-key baselines: exponentially weighted mean and variance, robust, bounded.
+
+Each key (an operation id, a log template id, a metric series) keeps an exponentially weighted
+(EW) mean and variance of a value, updated a whole batch at a time. A batch is merged exactly
+as if its items had arrived one by one: the item ``j`` places from the end of its key's run in
+the batch carries weight ``2**(-j / half_life)``, and the batch's weighted mean and sum of
+squares are merged into the decayed state with the pairwise formulas of Chan, Golub and
+LeVeque ("Algorithms for computing the sample variance", 1983), the batch form of West's
+weighted incremental update (West, "Updating mean and variance estimates: an improved
+method", CACM 22(9), 1979; Finch, "Incremental calculation of weighted mean and variance",
+2009, for the exponential weights).
+
+Robustness: before a batch is merged, each value is clipped to ``mean +- clip * std`` of its
+key (Huber's clipped update, Huber 1964; as in the robust exponential smoothing of Cipra,
+J. Forecasting 11, 1992), so one outlier moves a trusted baseline by at most ``clip`` standard
+deviations times its weight, while a lasting shift still pulls the baseline over (the clipped
+values widen the variance, which widens the clip).
+
+The global baseline (every value, all keys) is clipped the same way once trusted.
+
+Memory is bounded: at most ``max_keys`` keys; when full, the keys updated least recently are
+evicted (an eighth of the table at a time, so eviction is rare) and start afresh if they
+return. Negative keys (``interner.OVERFLOW``) are never stored and always use the global
+baseline, which every value updates.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+F32 = NDArray[np.float32]
+F64 = NDArray[np.float64]
+I64 = NDArray[np.int64]
+IntArray = NDArray[np.int32] | NDArray[np.int64]
+FloatArray = NDArray[np.float32] | NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class BaselineState:
+    """A baseline's full state, as arrays (for snapshots, restores and hot swaps).
+
+    Rows are keys in ascending order. ``weight`` is the decayed total weight, ``mean`` and
+    ``m2`` the EW mean and the decayed weighted sum of squared deviations (variance =
+    ``m2 / weight``), ``count`` the number of values ever seen, ``last_tick`` the update tick
+    and ``last_time`` the time (seconds) of the key's last update. ``global_stats`` holds
+    weight, mean, m2, count and last time of the global baseline.
+    """
+
+    keys: I64
+    weight: F64
+    mean: F64
+    m2: F64
+    count: I64
+    last_tick: I64
+    last_time: F64
+    global_stats: F64
+    tick: int
+
+
+class EwBaseline:
+    """Per-key EW mean and variance of a value, merged a batch at a time.
+
+    Parameters
+    ----------
+    half_life
+        Items (per key) after which an observation's weight has halved; None for no decay by
+        count.
+    half_life_seconds
+        Seconds after which a key's state has halved, applied at each update from the time
+        passed to :meth:`update`; None for no decay by time.
+    min_count
+        Values a key must have seen before its own baseline is trusted; until then
+        :meth:`zscore` uses the global baseline.
+    max_keys
+        Most keys kept; see the module docstring for eviction.
+    clip
+        Huber bound in standard deviations for values merged into a trusted key; None to
+        merge values as they are (use None for 0/1 values such as error flags).
+    min_std
+        Floor of the standard deviation used in z-scores, in the value's units, so a key
+        with a near-constant value does not turn noise into huge scores.
+    global_half_life
+        ``half_life`` of the global baseline (items over all keys); defaults to
+        ``half_life * 10``.
+    """
+
+    def __init__(
+        self,
+        *,
+        half_life: float | None = 500.0,
+        half_life_seconds: float | None = None,
+        min_count: int = 20,
+        max_keys: int = 65_536,
+        clip: float | None = 3.0,
+        min_std: float = 0.05,
+        global_half_life: float | None = None,
+    ) -> None:
+        if half_life is None and half_life_seconds is None:
+            raise ValueError("set half_life, half_life_seconds or both")
+        if max_keys < 1:
+            raise ValueError("max_keys must be at least 1")
+        self.half_life = half_life
+        self.half_life_seconds = half_life_seconds
+        self.min_count = min_count
+        self.max_keys = max_keys
+        self.clip = clip
+        self.min_std = min_std
+        self.global_half_life = (
+            global_half_life
+            if global_half_life is not None
+            else (half_life * 10 if half_life is not None else None)
+        )
+        self._state = _empty_state()
+
+    def __len__(self) -> int:
+        return int(self._state.keys.size)
+
+    def snapshot(self) -> BaselineState:
+        """A copy of the state."""
+        return _copy(self._state)
+
+    def restore(self, state: BaselineState) -> None:
+        """Replace the state with a copy of ``state`` (from :meth:`snapshot`)."""
+        self._state = _copy(state)
+
+    def lookup(self, keys: IntArray) -> tuple[F64, F64, I64]:
+        """Mean, standard deviation (before the ``min_std`` floor) and count of each key.
+
+        Keys not stored get NaN, NaN and 0.
+        """
+        state = self._state
+        slot, found = self._slots(keys)
+        mean = np.full(slot.size, np.nan)
+        std = np.full(slot.size, np.nan)
+        count = np.zeros(slot.size, dtype=np.int64)
+        rows = slot[found]
+        mean[found] = state.mean.take(rows)
+        std[found] = np.sqrt(state.m2.take(rows) / np.maximum(state.weight.take(rows), 1e-300))
+        count[found] = state.count.take(rows)
+        return mean, std, count
+
+    def zscore(self, keys: IntArray, values: FloatArray) -> F32:
+        """``(value - mean) / std`` against the state before any update with these values.
+
+        Keys with fewer than ``min_count`` values (and negative keys) are scored against the
+        global baseline; 0 while the global baseline itself has fewer than ``min_count``.
+        """
+        values = np.asarray(values, dtype=np.float64)
+        mean, std, count = self.lookup(keys)
+        trusted = count >= self.min_count
+        g_weight, g_mean, g_m2, g_count, _ = self._state.global_stats
+        g_std = math.sqrt(g_m2 / g_weight) if g_weight > 0 else 0.0
+        mean = np.where(trusted, mean, g_mean)
+        std = np.maximum(np.where(trusted, std, g_std), self.min_std)
+        z = (values - mean) / std
+        if g_count < self.min_count:
+            z = np.where(trusted, z, 0.0)
+        scores: F32 = z.astype(np.float32)
+        return scores
+
+    def shrunk_mean(self, keys: IntArray, prior_weight: float = 2.0) -> F64:
+        """Each key's EW mean shrunk toward the global mean by ``prior_weight`` pseudo-items.
+
+        For 0/1 values this is a smoothed rate: a new key gets the global rate, and a key
+        seen a few times cannot claim a rate of exactly 0 or 1.
+        """
+        state = self._state
+        g_mean = state.global_stats[1] if state.global_stats[0] > 0 else 0.0
+        slot, found = self._slots(keys)
+        weight = np.zeros(slot.size)
+        mean = np.zeros(slot.size)
+        weight[found] = state.weight.take(slot[found])
+        mean[found] = state.mean.take(slot[found])
+        result: F64 = (weight * mean + prior_weight * g_mean) / (weight + prior_weight)
+        return result
+
+    def update(self, keys: IntArray, values: FloatArray, now: float = 0.0) -> None:
+        """Merge a batch of ``values`` (in arrival order) into their keys and the global baseline.
+
+        ``now`` is the time in seconds (any fixed origin), used only with
+        ``half_life_seconds``. Non-finite values are ignored.
+        """
+        keys_ = np.asarray(keys, dtype=np.int64)
+        values_ = np.asarray(values, dtype=np.float64)
+        usable = np.isfinite(values_)
+        if not usable.all():
+            keys_, values_ = keys_[usable], values_[usable]
+        if values_.size == 0:
+            return
+        state = self._state
+        tick = state.tick + 1
+        global_stats = _merge_global(
+            state.global_stats,
+            self._clipped_global(values_),
+            self.global_half_life,
+            self.half_life_seconds,
+            now,
+        )
+        stored = keys_ >= 0
+        state = self._merge_keys(state, keys_[stored], values_[stored], tick, now)
+        self._state = BaselineState(
+            keys=state.keys,
+            weight=state.weight,
+            mean=state.mean,
+            m2=state.m2,
+            count=state.count,
+            last_tick=state.last_tick,
+            last_time=state.last_time,
+            global_stats=global_stats,
+            tick=tick,
+        )
+
+    def _clipped_global(self, values: F64) -> F64:
+        weight, mean, m2, count, _ = self._state.global_stats
+        if self.clip is None or count < self.min_count or weight <= 0:
+            return values
+        bound = self.clip * math.sqrt(m2 / weight)
+        clipped: F64 = np.clip(values, mean - bound, mean + bound)
+        return clipped
+
+    def _slots(self, keys: IntArray) -> tuple[I64, NDArray[np.bool_]]:
+        """Row of each key in the state, and whether it is there."""
+        stored = self._state.keys
+        keys = np.asarray(keys, dtype=np.int64)
+        slot = np.searchsorted(stored, keys)
+        safe = np.minimum(slot, max(stored.size - 1, 0))
+        found = (
+            (slot < stored.size) & (stored.take(safe) == keys) if stored.size else np.zeros(keys.size, bool)
+        )
+        return safe, found
+
+    def _merge_keys(
+        self, state: BaselineState, keys: I64, values: F64, tick: int, now: float
+    ) -> BaselineState:
+        if keys.size == 0:
+            return state
+        unique, group = np.unique(keys, return_inverse=True)
+        group = group.reshape(-1)
+        state = _with_keys(state, unique)  # adds missing keys with zero weight
+        slot = np.searchsorted(state.keys, unique)
+        old_weight, old_mean, old_m2 = state.weight.take(slot), state.mean.take(slot), state.m2.take(slot)
+        old_count = state.count.take(slot)
+        if self.clip is not None:
+            trusted = (old_count >= self.min_count).take(group)
+            bound = self.clip * np.sqrt(old_m2 / np.maximum(old_weight, 1e-300)).take(group)
+            centre = old_mean.take(group)
+            values = np.where(trusted, np.clip(values, centre - bound, centre + bound), values)
+        per_item, carried = _decay(group, unique.size, self.half_life)
+        if self.half_life_seconds is not None:
+            elapsed = np.maximum(now - state.last_time.take(slot), 0.0)
+            carried = carried * np.exp2(-elapsed / self.half_life_seconds)
+        weight, mean, m2 = _merge(
+            old_weight * carried,
+            old_mean,
+            old_m2 * carried,
+            *_group_stats(group, unique.size, values, per_item),
+        )
+        # In place: the state's arrays are private (snapshots copy them), and copying the
+        # whole table on every batch would cost O(max_keys) per batch.
+        state.weight[slot], state.mean[slot], state.m2[slot] = weight, mean, m2
+        state.count[slot] = old_count + np.bincount(group, minlength=unique.size)
+        state.last_tick[slot] = tick
+        state.last_time[slot] = now
+        return self._evict(state)
+
+    def _evict(self, state: BaselineState) -> BaselineState:
+        if state.keys.size <= self.max_keys:
+            return state
+        # Down to 7/8 of the cap, so the next few batches of new keys need no eviction.
+        keep_count = max(self.max_keys - self.max_keys // 8, 1)
+        order = np.lexsort((-state.count, -state.last_tick))  # newest first, then most seen
+        keep = np.sort(order[:keep_count])
+        return _select(state, keep)
+
+
+def _empty_state() -> BaselineState:
+    empty_f, empty_i = np.zeros(0), np.zeros(0, dtype=np.int64)
+    return BaselineState(
+        keys=empty_i,
+        weight=empty_f,
+        mean=empty_f,
+        m2=empty_f,
+        count=empty_i,
+        last_tick=empty_i,
+        last_time=empty_f,
+        global_stats=np.zeros(5),
+        tick=0,
+    )
+
+
+def _copy(state: BaselineState) -> BaselineState:
+    return _select(state, np.arange(state.keys.size))
+
+
+def _select(state: BaselineState, rows: I64) -> BaselineState:
+    return BaselineState(
+        keys=state.keys[rows],
+        weight=state.weight[rows],
+        mean=state.mean[rows],
+        m2=state.m2[rows],
+        count=state.count[rows],
+        last_tick=state.last_tick[rows],
+        last_time=state.last_time[rows],
+        global_stats=state.global_stats.copy(),
+        tick=state.tick,
+    )
+
+
+def _with_keys(state: BaselineState, keys: I64) -> BaselineState:
+    """``state`` with zero-weight rows for those of ``keys`` (sorted, unique) it lacks."""
+    missing = np.setdiff1d(keys, state.keys, assume_unique=True)
+    if missing.size == 0:
+        return state
+    at = np.searchsorted(state.keys, missing)
+    zeros_f, zeros_i = np.zeros(missing.size), np.zeros(missing.size, dtype=np.int64)
+    return BaselineState(
+        keys=np.insert(state.keys, at, missing),
+        weight=np.insert(state.weight, at, zeros_f),
+        mean=np.insert(state.mean, at, zeros_f),
+        m2=np.insert(state.m2, at, zeros_f),
+        count=np.insert(state.count, at, zeros_i),
+        last_tick=np.insert(state.last_tick, at, zeros_i),
+        last_time=np.insert(state.last_time, at, zeros_f),
+        global_stats=state.global_stats,
+        tick=state.tick,
+    )
+
+
+def _decay(group: I64, groups: int, half_life: float | None) -> tuple[F64, F64]:
+    """Per-item weights within each group's run, and the factor carried onto the old state.
+
+    The last item of a run has weight 1, the one before ``lam``, and so on; the old state,
+    ``m`` items back, is carried with ``lam ** m``.
+    """
+    size = np.bincount(group, minlength=groups)
+    if half_life is None:
+        return np.ones(group.size), np.ones(groups)
+    order = np.argsort(group, kind="stable")
+    first = np.cumsum(size) - size
+    rank = np.empty(group.size, dtype=np.int64)
+    rank[order] = np.arange(group.size) - np.repeat(first, size)  # 0-based, arrival order
+    after = size.take(group) - 1 - rank  # items of the same key that arrived later
+    log_lam = -math.log(2.0) / half_life
+    return np.exp(after * log_lam), np.exp(size * log_lam)
+
+
+def _group_stats(group: I64, groups: int, values: F64, weight: F64) -> tuple[F64, F64, F64]:
+    """Weighted total weight, mean and sum of squared deviations of each group."""
+    total: F64 = np.bincount(group, weights=weight, minlength=groups).astype(np.float64)
+    mean: F64 = np.bincount(group, weights=weight * values, minlength=groups) / total
+    deviation = values - mean.take(group)
+    m2: F64 = np.bincount(group, weights=weight * deviation * deviation, minlength=groups).astype(np.float64)
+    return total, mean, m2
+
+
+def _merge(
+    weight_a: F64, mean_a: F64, m2_a: F64, weight_b: F64, mean_b: F64, m2_b: F64
+) -> tuple[F64, F64, F64]:
+    """Chan-Golub-LeVeque pairwise merge of two weighted (weight, mean, M2) summaries."""
+    weight = weight_a + weight_b
+    delta = mean_b - mean_a
+    share_b = weight_b / np.maximum(weight, 1e-300)
+    mean = mean_a + delta * share_b
+    m2 = m2_a + m2_b + delta * delta * weight_a * share_b
+    return weight, mean, m2
+
+
+def _merge_global(
+    stats: F64, values: F64, half_life: float | None, half_life_seconds: float | None, now: float
+) -> F64:
+    weight, mean, m2, count, last_time = stats
+    per_item, carried = _decay(np.zeros(values.size, dtype=np.int64), 1, half_life)
+    factor = float(carried[0])
+    if half_life_seconds is not None and count > 0:
+        factor *= 2.0 ** (-max(now - last_time, 0.0) / half_life_seconds)
+    total, batch_mean, batch_m2 = _group_stats(np.zeros(values.size, dtype=np.int64), 1, values, per_item)
+    w, m, s = _merge(
+        np.array([weight * factor]), np.array([mean]), np.array([m2 * factor]), total, batch_mean, batch_m2
+    )
+    return np.array([w[0], m[0], s[0], count + values.size, now])
