@@ -225,9 +225,10 @@ class Selection(_Model):
     normal_sample_rate: float = Field(default=0.05, ge=0, le=1)
     # Significant hex digits of the ot=th threshold (the Collector's probabilistic_sampler name).
     sampling_precision: int = Field(default=4, ge=1, le=14)
-    # Calibrated scores are quantiles of recent traffic: 0.99 tags the rarest 1%.
-    anomaly_threshold: float = Field(default=0.99, ge=0, le=1)
-    critical_threshold: float = Field(default=0.999, ge=0, le=1)
+    # Calibrated scores are quantiles of recent traffic: 0.995 tags the rarest 0.5%, which at
+    # thousands of spans a second is already tens of anomalies a second.
+    anomaly_threshold: float = Field(default=0.995, ge=0, le=1)
+    critical_threshold: float = Field(default=0.9995, ge=0, le=1)
     # Trace buffer: recent requests are kept this long so a critical span's earlier spans can follow it.
     decision_wait: Duration = 5.0
     trace_buffer_size: Size = 64 * 1024 * 1024
@@ -287,7 +288,7 @@ class Scoring(_Model):
     """Scoring of every item: backends, batching, calibration, detectors."""
 
     enabled: bool = True
-    signals: list[Literal["traces", "logs", "metrics"]] = ["traces", "logs", "metrics"]
+    signals: list[Literal["traces", "logs", "metrics"]] = ["traces"]
     # Ordered fallback list of inference backends (entry points in ``otelai.backends``).
     backend: list[str] = ["onnxruntime"]
     backend_options: dict[str, dict[str, Any]] = {}

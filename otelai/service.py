@@ -21,6 +21,7 @@ from otelai.exporter.queue import SendingQueue, build_queue
 from otelai.pipeline import Pipeline
 from otelai.receiver.grpc import GrpcReceiver
 from otelai.receiver.http import HttpReceiver
+from otelai.scoring.build import Scoring
 from otelai.telemetry.metrics import Metrics
 from otelai.telemetry.server import TelemetryServer
 
@@ -44,6 +45,7 @@ class Service:
         self.http: HttpReceiver | None = None
         self.telemetry: TelemetryServer | None = None
         self.pipeline: Pipeline | None = None
+        self.scoring: Scoring | None = None
         self._ready = False
         self._stopped = asyncio.Event()
 
@@ -67,6 +69,9 @@ class Service:
             await queue.start()
             self.queues.append(queue)
         self.pipeline = Pipeline(self.queues, self.metrics)
+        if cfg.scoring.enabled:
+            self.scoring = Scoring(cfg, self.pipeline, self.metrics)
+            await self.scoring.start()
         protocols = cfg.receivers.otlp.protocols
         retry_after = cfg.service.retry_after
         if protocols.grpc is not None:
@@ -106,6 +111,8 @@ class Service:
             await self.grpc.stop(grace=min(5.0, timeout))
         if self.http is not None:
             await self.http.stop()
+        if self.scoring is not None:
+            await self.scoring.drain(max(0.0, timeout - (time.monotonic() - started)))
         remaining = max(0.0, timeout - (time.monotonic() - started))
         results = await asyncio.gather(*(queue.drain(remaining) for queue in self.queues))
         left = {
@@ -121,6 +128,8 @@ class Service:
         self._stopped.set()
 
     async def _close_all(self) -> None:
+        if self.scoring is not None:
+            await self.scoring.stop()
         for queue in self.queues:
             await queue.stop()
         if self.telemetry is not None:

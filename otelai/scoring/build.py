@@ -1,0 +1,145 @@
+"""Building the scoring stages of the service from its configuration.
+
+One :class:`~otelai.scoring.stage.ScoringStage` per scored signal, the local actions they
+share (alerts, the mitigation hook) and the summaries of what was dropped (one table for spans
+and log records, flushed by one stage so upstream gets one stream).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from otelai.config import Config
+from otelai.decision.actions import Alerter, MitigationHook
+from otelai.decision.summaries import DroppedSummaries
+from otelai.pipeline import Pipeline
+from otelai.scoring.stage import Processor, ScoringStage
+from otelai.signals import Signal
+from otelai.telemetry.metrics import Metrics
+
+log = logging.getLogger("otelai.scoring")
+
+
+class Scoring:
+    """The scoring stages and their shared parts; started and stopped with the service."""
+
+    def __init__(self, config: Config, pipeline: Pipeline, metrics: Metrics) -> None:
+        self.config = config
+        self._metrics = metrics
+        self.summaries = _summaries(config)
+        self.alerter = _alerter(config, metrics)
+        self.mitigation = _mitigation(config, metrics)
+        self.stages: dict[Signal, ScoringStage] = {}
+        interval = config.summaries.interval
+        flushed = False
+        for name in config.scoring.signals:
+            signal = Signal(name)
+            processor = self._processor(signal, flush_summaries=not flushed)
+            flushed = flushed or signal in (Signal.TRACES, Signal.LOGS)
+            stage = ScoringStage(
+                processor, pipeline, config.scoring.batching, metrics, tick_interval=interval
+            )
+            self.stages[signal] = stage
+            pipeline.stages[signal] = stage
+        metrics.model_info.labels(config.scoring.model_version, ",".join(config.scoring.backend)).set(1)
+
+    def _on_fallback(self, source: str, target: str, reason: str) -> None:
+        self._metrics.backend_fallbacks.labels(source, target).inc()
+
+    def _processor(self, signal: Signal, *, flush_summaries: bool) -> Processor:
+        common: dict[str, Any] = {
+            "alerter": self.alerter,
+            "mitigation": self.mitigation,
+            "on_fallback": self._on_fallback,
+        }
+        if signal is Signal.TRACES:
+            from otelai.scoring.traces import TraceProcessor
+
+            return TraceProcessor(
+                self.config,
+                self._metrics,
+                summaries=self.summaries,
+                flush_summaries=flush_summaries,
+                **common,
+            )
+        if signal is Signal.LOGS:
+            from otelai.scoring.logs import LogProcessor
+
+            return LogProcessor(
+                self.config,
+                self._metrics,
+                summaries=self.summaries,
+                flush_summaries=flush_summaries,
+                **common,
+            )
+        from otelai.scoring.metrics import MetricProcessor
+
+        return MetricProcessor(self.config, self._metrics, **common)
+
+    async def start(self) -> None:
+        if self.alerter is not None:
+            await self.alerter.start()
+        if self.mitigation is not None:
+            await self.mitigation.start()
+        for stage in self.stages.values():
+            await stage.start()
+
+    async def drain(self, timeout: float) -> bool:  # noqa: ASYNC109
+        results = [await stage.drain(timeout) for stage in self.stages.values()]
+        return all(results)
+
+    async def stop(self) -> None:
+        for stage in self.stages.values():
+            await stage.stop()
+            close = getattr(stage.processor, "close", None)
+            if close is not None:
+                close()
+        if self.alerter is not None:
+            await self.alerter.shutdown()
+        if self.mitigation is not None:
+            await self.mitigation.shutdown()
+
+
+def _summaries(config: Config) -> DroppedSummaries | None:
+    settings = config.summaries
+    if not settings.enabled:
+        return None
+    return DroppedSummaries(
+        boundaries_ms=[bound * 1000 for bound in settings.histogram.explicit.buckets],
+        max_series=settings.aggregation_cardinality_limit,
+        instance_id=settings.instance_id,
+    )
+
+
+def _alerter(config: Config, metrics: Metrics) -> Alerter:
+    alerts = config.alerts
+    webhook = alerts.webhook
+    return Alerter(
+        webhook_url=webhook.url if webhook else None,
+        headers=webhook.headers if webhook else None,
+        timeout=webhook.timeout if webhook else 5.0,
+        group_window=alerts.group_window,
+        rate=alerts.rate,
+        burst=alerts.burst,
+        queue_size=alerts.queue_size,
+        resolve_after=alerts.resolve_after,
+        generator_url=alerts.generator_url,
+        on_outcome=lambda severity, outcome: metrics.alerts.labels(severity, outcome).inc(),
+    )
+
+
+def _mitigation(config: Config, metrics: Metrics) -> MitigationHook | None:
+    settings = config.mitigation
+    if settings is None:
+        return None
+    return MitigationHook(
+        webhook_url=settings.webhook.url if settings.webhook else None,
+        headers=settings.webhook.headers if settings.webhook else None,
+        command=settings.command,
+        max_runs=settings.max_runs,
+        interval=settings.interval,
+        timeout=settings.timeout,
+        dry_run=settings.dry_run,
+        on_outcome=lambda severity, outcome: metrics.mitigations.labels(outcome).inc(),
+    )

@@ -1,0 +1,361 @@
+"""Where a span is scored, tagged, and kept or dropped.
+
+Per batch of trace requests: read the spans into columns straight from the bytes
+(:mod:`otelai.features.span_batch`), compute service-agnostic features against per-operation
+baselines, score them with the detectors and calibrate (:class:`~otelai.scoring.scorer.Scorer`),
+classify severity, then select:
+
+- ``anomaly``: the span's own calibrated score reached ``selection.anomaly_threshold``;
+- ``critical_context``: the span belongs to a trace with a critical span, in this batch, seen
+  earlier (its later spans follow for ``critical_trace_ttl``), or recalled from the trace
+  buffer (its earlier spans, kept for ``decision_wait``);
+- ``sampled``: the trace id falls under the consistent-probability threshold for
+  ``normal_sample_rate`` (the same decision in every batch and replica);
+- everything else is dropped and counted in the summaries forwarded upstream.
+
+Kept spans are forwarded as their original bytes plus appended tags and ``tracestate``
+(``ot=th:...`` for sampled traces, ``th:0`` for kept anomalous ones). Anomalous spans carry
+every tag (score, severity, reason, model version, selection reason); normal spans kept as a
+sample or as context carry the selection reason alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from otelai.config import Config
+from otelai.decision import sampling
+from otelai.decision.actions import Alert, Alerter, MitigationHook
+from otelai.decision.assemble import Assembler
+from otelai.decision.severity import Severity, classify
+from otelai.decision.summaries import DroppedSummaries
+from otelai.decision.tagging import SPAN_ATTRIBUTES, tag_suffix, trace_state_field
+from otelai.decision.trace_buffer import CriticalTraces, Recalled, TraceBuffer, trace_keys
+from otelai.detectors.pca import PcaDetector
+from otelai.detectors.surprise import SurpriseDetector
+from otelai.features.interner import Interner
+from otelai.features.span_batch import SpanBatch
+from otelai.features.spans import SPAN_SCHEMA, SpanBaselines, span_features
+from otelai.pipeline import Payload
+from otelai.scoring.scorer import Scorer
+from otelai.signals import Signal
+from otelai.telemetry.metrics import Metrics
+
+log = logging.getLogger("otelai.scoring")
+
+# Selection codes, in precedence order; the tag values are public (DESIGN.md).
+DROPPED, SAMPLED, CRITICAL_CONTEXT, ANOMALY = 0, 1, 2, 3
+REASONS = ("dropped", "sampled", "critical_context", "anomaly")
+SURPRISE_COLUMNS = ("latency_z", "error_surprise")
+MAX_ALERTS_PER_BATCH = 100
+
+
+class TraceProcessor:
+    """Scoring and selection of spans (the ``Processor`` of the traces stage).
+
+    Parameters
+    ----------
+    config
+        The service configuration (``selection``, ``scoring``).
+    metrics
+        Selection and anomaly counters.
+    summaries
+        Where dropped spans are counted; flushed by :meth:`tick` when ``flush_summaries``
+        (the table may be shared with the logs stage, and one stage flushes it).
+    alerter, mitigation
+        Local actions for anomalies and critical anomalies.
+    on_fallback
+        Backend fallback callback (``otelai_backend_fallbacks_total``).
+    """
+
+    signal = Signal.TRACES
+
+    def __init__(
+        self,
+        config: Config,
+        metrics: Metrics,
+        *,
+        summaries: DroppedSummaries | None = None,
+        flush_summaries: bool = True,
+        alerter: Alerter | None = None,
+        mitigation: MitigationHook | None = None,
+        on_fallback: Any = None,
+    ) -> None:
+        selection, scoring = config.selection, config.scoring
+        self._metrics = metrics
+        self._summaries = summaries
+        self._flush_summaries = flush_summaries
+        self._alerter = alerter
+        self._mitigation = mitigation
+        self._anomaly = selection.anomaly_threshold
+        self._critical = selection.critical_threshold
+        self.threshold = sampling.threshold_for(
+            selection.normal_sample_rate, precision=selection.sampling_precision
+        )
+        self._model_version = scoring.model_version
+        self.interner = Interner()
+        self.baselines = SpanBaselines.create()
+        detectors: list[Any] = [SurpriseDetector(SPAN_SCHEMA, SURPRISE_COLUMNS)]
+        if scoring.pca.enabled:
+            detectors.append(
+                PcaDetector(
+                    n_features=SPAN_SCHEMA.width,
+                    variance=scoring.pca.variance,
+                    min_samples=scoring.pca.min_samples,
+                    reservoir_size=scoring.pca.reservoir_size,
+                    refit_every=scoring.pca.refit_every,
+                    backend_order=scoring.backend,
+                    backend_options=scoring.backend_options,
+                    on_fallback=on_fallback,
+                )
+            )
+        self.scorer = Scorer(SPAN_SCHEMA, detectors, scoring.calibration)
+        self.buffer = TraceBuffer(wait=selection.decision_wait, max_bytes=selection.trace_buffer_size)
+        self.critical = CriticalTraces(
+            ttl=selection.critical_trace_ttl, max_traces=selection.max_critical_traces
+        )
+        self._summary_series: dict[int, int] = {}
+        self._summary_interval = -1  # the summaries interval the cached series ids belong to
+
+    # -- the batch path -------------------------------------------------------------------
+
+    def process(self, payloads: Sequence[Payload]) -> list[Payload]:
+        datas = [payload.data for payload in payloads]
+        batch = SpanBatch.from_payloads(datas, self.interner)
+        out: list[Payload] = []
+        if batch.failed_requests:
+            unreadable = [payloads[i] for i in batch.failed_requests]
+            items = sum(payload.items for payload in unreadable)
+            self._metrics.selection_items.labels("traces", "fail_open").inc(items)
+            self._metrics.scoring_fail_open.labels("traces", "unreadable").inc(items)
+            out.extend(self.fail_open(unreadable, "unreadable"))
+        if len(batch):
+            out.extend(self._select(payloads, datas, batch))
+        return out
+
+    def _select(self, payloads: Sequence[Payload], datas: list[bytes], batch: SpanBatch) -> list[Payload]:
+        features, _ = span_features(batch, self.baselines)
+        scored = self.scorer.score(features)
+        severity = classify(scored.score, self._anomaly, self._critical)
+        keys = trace_keys(batch.trace_id)
+        critical_keys = np.unique(keys[severity == Severity.CRITICAL])
+        self.critical.add(critical_keys)
+        sampled = sampling.keep_mask(sampling.randomness(batch.trace_id), self.threshold)
+        code = np.where(
+            severity >= Severity.ANOMALY,
+            ANOMALY,
+            np.where(self.critical.contains(keys), CRITICAL_CONTEXT, np.where(sampled, SAMPLED, DROPPED)),
+        ).astype(np.int8)
+        recalled = self.buffer.recall(critical_keys)
+        self._remember(datas, batch, keys, code != DROPPED)
+        self.scorer.learn(features[severity == Severity.NORMAL])
+        self._count(batch, severity, code, recalled)
+        self._act(batch, scored, severity)
+        return self._assemble(payloads, datas, batch, scored, severity, code, recalled)
+
+    def _remember(self, datas: list[bytes], batch: SpanBatch, keys: Any, kept: Any) -> None:
+        if self.buffer.wait <= 0:
+            return
+        bounds = np.searchsorted(batch.request, np.arange(len(datas) + 1))
+        for r, data in enumerate(datas):
+            rows = slice(bounds[r], bounds[r + 1])
+            if bounds[r] == bounds[r + 1]:
+                continue
+            self.buffer.add(
+                data,
+                keys[rows],
+                batch.span_start[rows],
+                batch.span_end[rows],
+                batch.resource[rows].astype(np.int64),
+                batch.scope[rows].astype(np.int64),
+                batch.index[rows].astype(np.int64),
+                kept[rows],
+            )
+
+    def _count(self, batch: SpanBatch, severity: Any, code: Any, recalled: list[Recalled]) -> None:
+        metrics = self._metrics
+        counts = np.bincount(code, minlength=len(REASONS))
+        for i, reason in enumerate(REASONS):
+            if counts[i]:
+                metrics.selection_items.labels("traces", reason).inc(int(counts[i]))
+        extra = sum(len(r.start) for r in recalled)
+        if extra:
+            metrics.selection_items.labels("traces", "critical_context").inc(extra)
+        for level in (Severity.ANOMALY, Severity.CRITICAL):
+            count = int(np.count_nonzero(severity == level))
+            if count:
+                metrics.anomalies.labels("traces", level.tag).inc(count)
+        if self._summaries is not None:
+            dropped = code == DROPPED
+            if dropped.any():
+                series = self._series(batch.operation_id)
+                self._summaries.add_spans(series, batch.duration_ns, batch.status_code == 2, dropped)
+
+    def _series(self, operation_ids: Any) -> Any:
+        """Summary series per span, interned once per operation and interval."""
+        assert self._summaries is not None
+        # The table may be shared and flushed by another stage: ids die with its interval.
+        if self._summaries.interval_start_ns != self._summary_interval:
+            self._summary_series.clear()
+            self._summary_interval = self._summaries.interval_start_ns
+        unique, inverse = np.unique(operation_ids, return_inverse=True)
+        table = self._summary_series
+        ids = np.empty(len(unique), dtype=np.int64)
+        for i, operation in enumerate(unique.tolist()):
+            series = table.get(operation)
+            if series is None:
+                service, name = self.interner.operation_name(operation)
+                series = int(self._summaries.intern_spans([service], [name])[0])
+                table[operation] = series
+            ids[i] = series
+        return ids[inverse]
+
+    def _act(self, batch: SpanBatch, scored: Any, severity: Any) -> None:
+        if self._alerter is None and self._mitigation is None:
+            return
+        rows = np.flatnonzero(severity >= Severity.ANOMALY)[:MAX_ALERTS_PER_BATCH]
+        alerts = []
+        for row in rows.tolist():
+            service, operation = self.interner.operation_name(int(batch.operation_id[row]))
+            alert = Alert(
+                severity=Severity(int(severity[row])).tag,
+                signal="traces",
+                service=service,
+                operation=operation,
+                score=float(scored.score[row]),
+                reason=self._reason(scored, row),
+                trace_id=batch.trace_id[row].tobytes().hex(),
+            )
+            alerts.append(alert)
+            if self._mitigation is not None and severity[row] == Severity.CRITICAL:
+                self._mitigation.trigger(alert)
+        if self._alerter is not None and alerts:
+            self._alerter.submit(alerts)
+
+    # -- building what is forwarded ------------------------------------------------------------
+
+    def _assemble(
+        self,
+        payloads: Sequence[Payload],
+        datas: list[bytes],
+        batch: SpanBatch,
+        scored: Any,
+        severity: Any,
+        code: Any,
+        recalled: list[Recalled],
+    ) -> list[Payload]:
+        kept = np.flatnonzero(code != DROPPED)
+        if not len(kept) and not recalled:
+            return []
+        requests: list[Any] = [None] * len(payloads)
+        assembler = Assembler("resource_spans", "scope_spans")
+        for row in kept.tolist():
+            r = int(batch.request[row])
+            request = requests[r]
+            if request is None:
+                request = requests[r] = payloads[r].request or ExportTraceServiceRequest.FromString(datas[r])
+            resource, scope, index = int(batch.resource[row]), int(batch.scope[row]), int(batch.index[row])
+            level = Severity(int(severity[row]))
+            anomalous = level is not Severity.NORMAL
+            span = request.resource_spans[resource].scope_spans[scope].spans[index]
+            threshold = self.threshold if code[row] == SAMPLED else 0
+            # Normal spans kept as a sample or as context carry only why they were kept
+            # (severity normal is implied): a quarter of the tag bytes, on most of what is
+            # forwarded, which keeps the forwarded bytes near the sample rate.
+            suffix = tag_suffix(
+                SPAN_ATTRIBUTES,
+                score=round(float(scored.score[row]), 4) if anomalous else None,
+                severity=level.tag if anomalous else None,
+                reason=self._reason(scored, row) if anomalous else None,
+                model_version=self._model_version if anomalous else None,
+                selection_reason=REASONS[int(code[row])],
+            )
+            state = sampling.with_threshold(span.trace_state, threshold)
+            body = datas[r][batch.span_start[row] : batch.span_end[row]]
+            assembler.add((r, resource, scope), body + suffix + trace_state_field(state))
+        out: list[Payload] = []
+        oldest = min(payload.received_ns for payload in payloads)
+        if assembler.items:
+            out.append(Payload(Signal.TRACES, assembler.build(requests), assembler.items, oldest))
+        out.extend(self._recalled(recalled, oldest))
+        return out
+
+    def _reason(self, scored: Any, row: int) -> str:
+        return self.scorer.reason(int(scored.detector[row]), scored.features[row].tolist())
+
+    def _recalled(self, recalled: list[Recalled], received_ns: int) -> list[Payload]:
+        """Earlier spans of critical traces, forwarded untouched but for the context tags."""
+        if not recalled:
+            return []
+        assembler = Assembler("resource_spans", "scope_spans")
+        requests: list[Any] = []
+        suffix = tag_suffix(
+            SPAN_ATTRIBUTES,
+            score=None,
+            severity=None,
+            reason=None,
+            model_version=None,
+            selection_reason=REASONS[CRITICAL_CONTEXT],
+        )
+        for r, item in enumerate(recalled):
+            request = ExportTraceServiceRequest.FromString(item.data)
+            requests.append(request)
+            for start, end, resource, scope, index in zip(
+                item.start.tolist(),
+                item.end.tolist(),
+                item.resource.tolist(),
+                item.scope.tolist(),
+                item.index.tolist(),
+                strict=True,
+            ):
+                span = request.resource_spans[resource].scope_spans[scope].spans[index]
+                state = trace_state_field(sampling.with_threshold(span.trace_state, 0))
+                assembler.add((r, resource, scope), item.data[start:end] + suffix + state)
+        return [Payload(Signal.TRACES, assembler.build(requests), assembler.items, received_ns)]
+
+    # -- fail open and periodic output ---------------------------------------------------------
+
+    def fail_open(self, payloads: Sequence[Payload], reason: str) -> list[Payload]:
+        out = []
+        for payload in payloads:
+            try:
+                request = ExportTraceServiceRequest.FromString(payload.data)
+            except Exception:  # unreadable: forward it as it came, the receiver accepted it
+                out.append(payload)
+                continue
+            for resource_spans in request.resource_spans:
+                for scope_spans in resource_spans.scope_spans:
+                    for span in scope_spans.spans:
+                        attribute = span.attributes.add()
+                        attribute.key = "otelai.selection.reason"
+                        attribute.value.string_value = "fail_open"
+            out.append(
+                Payload(Signal.TRACES, request.SerializeToString(), payload.items, payload.received_ns)
+            )
+        return out
+
+    def tick(self, now_ns: int) -> list[Payload]:
+        if self._summaries is None or not self._flush_summaries or self._summaries.empty:
+            return []
+        data = self._summaries.flush(now_ns)
+        self._summary_series.clear()  # summary ids are valid for one interval
+        if not data:
+            return []
+        return [Payload(Signal.METRICS, data, _points(data), time.monotonic_ns())]
+
+    def close(self) -> None:
+        self.scorer.close()
+
+
+def _points(data: bytes) -> int:
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+
+    from otelai.signals import count_items
+
+    return count_items(Signal.METRICS, ExportMetricsServiceRequest.FromString(data))
