@@ -235,8 +235,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 def _rate_for_latency(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> float:
     if args.latency_rate:
         return float(args.latency_rate)
+    # Acknowledged, not arrived: a scoring hop forwards only the selected part.
     rates = [
-        result["throughput"]["spans_per_s_sink"]
+        result["throughput"]["spans_per_s_ack"]
         for name, result in results.items()
         if name != "direct" and "throughput" in result
     ]
@@ -355,6 +356,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "otelai_over_rotel_spans_per_hop_cpu_s": _ratio(results, "otelai", "rotel", "spans_per_hop_cpu_s"),
         "otelai_over_rotel_nobatch_spans_per_s_sink": _ratio(
             results, "otelai", "rotel-nobatch", "spans_per_s_sink"
+        ),
+        # A scoring hop forwards only what it selects: compare what it accepted (it acknowledges
+        # a request only after scoring it and queueing what is kept).
+        "otelai_scoring_over_otelai_spans_per_s_ack": _ratio(
+            results, "otelai-scoring", "otelai", "spans_per_s_ack"
+        ),
+        "otelai_scoring_over_rotel_spans_per_s_ack": _ratio(
+            results, "otelai-scoring", "rotel", "spans_per_s_ack"
         ),
     }
     report["notes"] = [

@@ -27,7 +27,7 @@ import grpc
 
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
-HOPS = ("direct", "rotel", "rotel-nobatch", "otelai")
+HOPS = ("direct", "rotel", "rotel-nobatch", "otelai", "otelai-scoring")
 
 
 class HopUnavailable(Exception):
@@ -188,8 +188,13 @@ def otelai_command() -> list[str]:
     return [str(script), "serve"]
 
 
-def otelai_config(grpc_port: int, sink_port: int, metrics_port: int) -> str:
-    """A pass-through config: gRPC in, everything forwarded over OTLP/gRPC, no compression."""
+def otelai_config(grpc_port: int, sink_port: int, metrics_port: int, *, scoring: bool = False) -> str:
+    """gRPC in, OTLP/gRPC out without compression; pass-through, or scoring at the defaults."""
+    selection = (
+        "scoring: {enabled: true}"
+        if scoring
+        else "scoring: {enabled: false}\nselection: {normal_sample_rate: 1.0}"
+    )
     return f"""\
 receivers:
   otlp:
@@ -198,7 +203,7 @@ receivers:
       http: null
 exporters:
   otlp: {{endpoint: "127.0.0.1:{sink_port}", compression: none, tls: {{insecure: true}}}}
-selection: {{normal_sample_rate: 1.0}}
+{selection}
 telemetry:
   metrics: {{endpoint: "127.0.0.1:{metrics_port}"}}
   logs: {{level: warn}}
@@ -210,7 +215,10 @@ def otelai(name: str, sink_port: int, workdir: Path, config_text: str | None) ->
     """``otelai serve`` with the pass-through config (or ``config_text`` with ports filled in)."""
     base = otelai_command()
     grpc_port, metrics_port = free_port(), free_port()
-    template = config_text if config_text is not None else otelai_config(grpc_port, sink_port, metrics_port)
+    if config_text is not None:
+        template = config_text
+    else:
+        template = otelai_config(grpc_port, sink_port, metrics_port, scoring=name == "otelai-scoring")
     config = workdir / f"{name}.yaml"
     config.write_text(
         template.replace("{GRPC_PORT}", str(grpc_port))
@@ -242,6 +250,9 @@ def start(
             yield hop
     elif name == "otelai":
         with otelai(name, sink_port, workdir, otelai_config_text) as hop:
+            yield hop
+    elif name == "otelai-scoring":
+        with otelai(name, sink_port, workdir, None) as hop:
             yield hop
     else:
         raise ValueError(f"unknown hop {name!r}; known: {', '.join(HOPS)}")

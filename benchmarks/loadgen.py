@@ -22,7 +22,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import grpc
-from workload import build_batches, marker_offsets, stamp
+from workload import build_batches, fresh_trace_ids, marker_offsets, stamp, trace_id_offsets
 
 METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 CALL_TIMEOUT_S = 10.0
@@ -36,7 +36,14 @@ class LoadGen:
     def __init__(self, batches: list[bytes], spans_per_batch: int) -> None:
         self.batches = batches
         self.offsets = [marker_offsets(batch) for batch in batches]
+        self.trace_offsets = [trace_id_offsets(batch) for batch in batches]
         self.spans_per_batch = spans_per_batch
+        self._key = 0
+
+    def fresh(self, index: int, payload: bytes | None = None) -> bytes:
+        """Batch ``index`` (or ``payload`` made from it) with trace ids never sent before."""
+        self._key += 1
+        return fresh_trace_ids(payload or self.batches[index], self.trace_offsets[index], self._key)
 
     @contextlib.asynccontextmanager
     async def _call(self, target: str) -> Any:
@@ -65,7 +72,7 @@ class LoadGen:
                 while time.monotonic_ns() < end_ns:
                     sent += 1
                     try:
-                        await export(batches[index % len(batches)], timeout=CALL_TIMEOUT_S)
+                        await export(self.fresh(index % len(batches)), timeout=CALL_TIMEOUT_S)
                     except grpc.aio.AioRpcError as error:
                         errors[error.code().name] += 1
                         await asyncio.sleep(REFUSED_BACKOFF_S)
@@ -119,7 +126,7 @@ class LoadGen:
                     continue
                 sent += 1
                 index = sent % len(self.batches)
-                payload = stamp(self.batches[index], self.offsets[index], sent, now)
+                payload = self.fresh(index, stamp(self.batches[index], self.offsets[index], sent, now))
                 task = asyncio.create_task(one(payload, now))
                 inflight.add(task)
                 task.add_done_callback(inflight.discard)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
+import numpy as np
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
@@ -156,6 +157,34 @@ def marker_offsets(payload: bytes) -> list[int]:
         offsets.append(start)
         start = payload.find(PLACEHOLDER, start + MARKER_LEN)
     return offsets
+
+
+def trace_id_offsets(payload: bytes) -> np.ndarray:
+    """Byte offsets of every trace id (span and link ``trace_id`` fields) in ``payload``."""
+    request = ExportTraceServiceRequest.FromString(payload)
+    ids = {span.trace_id for rs in request.resource_spans for ss in rs.scope_spans for span in ss.spans}
+    offsets: list[int] = []
+    for trace_id in ids:
+        needle = b"\x0a\x10" + trace_id  # field 1, length 16
+        start = payload.find(needle)
+        while start >= 0:
+            offsets.append(start + 2)
+            start = payload.find(needle, start + 1)
+    return np.array(sorted(offsets), dtype=np.int64)
+
+
+def fresh_trace_ids(payload: bytes, offsets: np.ndarray, key: int) -> bytes:
+    """``payload`` with the low 8 bytes of every trace id XORed with ``key``.
+
+    Spans of one trace keep one id, so traces stay whole, while each request sent gets trace
+    ids never seen before, as live traffic does (a replayed id would look like a trace that
+    goes on for ever to a tail sampler or a trace buffer).
+    """
+    buffer = np.frombuffer(bytearray(payload), dtype=np.uint8)
+    index = (offsets[:, None] + 8 + np.arange(8)).ravel()
+    mask = np.frombuffer(key.to_bytes(8, "little"), dtype=np.uint8)
+    buffer[index] ^= np.tile(mask, len(offsets))
+    return buffer.tobytes()
 
 
 def stamp(payload: bytes, offsets: Sequence[int], seq: int, send_ns: int) -> bytes:

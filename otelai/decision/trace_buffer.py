@@ -34,6 +34,7 @@ def trace_keys(trace_ids: npt.NDArray[np.uint8]) -> U64:
 
 @dataclass(slots=True)
 class _Entry:
+    serial: int
     data: bytes
     at: float
     keys: U64
@@ -80,6 +81,9 @@ class TraceBuffer:
         self.max_bytes = max_bytes
         self._clock = clock
         self._entries: deque[_Entry] = deque()
+        # trace key -> serials of the entries holding its spans: a recall looks at those only.
+        self._index: dict[int, list[int]] = {}
+        self._serial = 0
         self.bytes = 0
         self.recalled_spans = 0
 
@@ -100,18 +104,26 @@ class TraceBuffer:
         """Keep one request's spans (all rows of ``keys`` ... belong to ``data``)."""
         if self.wait <= 0 or self.max_bytes <= 0:
             return
-        entry = _Entry(data, self._clock(), keys, start, end, resource, scope, index, forwarded.copy())
+        self._serial += 1
+        entry = _Entry(
+            self._serial, data, self._clock(), keys, start, end, resource, scope, index, forwarded.copy()
+        )
         self._entries.append(entry)
         self.bytes += entry.size
+        for key in np.unique(keys).tolist():
+            self._index.setdefault(key, []).append(entry.serial)
         self._evict()
 
     def recall(self, critical: U64) -> list[Recalled]:
         """Spans of the ``critical`` traces still in the window and not forwarded yet."""
         self._evict()
         out: list[Recalled] = []
-        if not len(critical):
+        if not len(critical) or not self._entries:
             return out
-        for entry in self._entries:
+        first = self._entries[0].serial
+        serials = sorted({s for key in critical.tolist() for s in self._index.get(key, ())})
+        for serial in serials:
+            entry = self._entries[serial - first]
             rows = np.flatnonzero(np.isin(entry.keys, critical) & ~entry.forwarded)
             if not len(rows):
                 continue
@@ -132,8 +144,18 @@ class TraceBuffer:
     def _evict(self) -> None:
         horizon = self._clock() - self.wait
         entries = self._entries
+        index = self._index
         while entries and (entries[0].at < horizon or self.bytes > self.max_bytes):
-            self.bytes -= entries.popleft().size
+            entry = entries.popleft()
+            self.bytes -= entry.size
+            for key in np.unique(entry.keys).tolist():
+                serials = index.get(key)
+                if serials is None:
+                    continue
+                if serials[0] == entry.serial:
+                    serials.pop(0)
+                if not serials:
+                    del index[key]
 
 
 class CriticalTraces:
