@@ -288,7 +288,7 @@ class Scoring(_Model):
     """Scoring of every item: backends, batching, calibration, detectors."""
 
     enabled: bool = True
-    signals: list[Literal["traces", "logs", "metrics"]] = ["traces"]
+    signals: list[Literal["traces", "logs", "metrics"]] = ["traces", "logs", "metrics"]
     # Ordered fallback list of inference backends (entry points in ``otelai.backends``).
     backend: list[str] = ["onnxruntime"]
     backend_options: dict[str, dict[str, Any]] = {}

@@ -33,7 +33,9 @@ class Scoring:
         self.stages: dict[Signal, ScoringStage] = {}
         interval = config.summaries.interval
         flushed = False
-        for name in config.scoring.signals:
+        # Traces first: the logs stage follows the critical traces the traces stage finds.
+        order = sorted(config.scoring.signals, key=["traces", "logs", "metrics"].index)
+        for name in order:
             signal = Signal(name)
             processor = self._processor(signal, flush_summaries=not flushed)
             flushed = flushed or signal in (Signal.TRACES, Signal.LOGS)
@@ -66,11 +68,14 @@ class Scoring:
         if signal is Signal.LOGS:
             from otelai.scoring.logs import LogProcessor
 
+            traces = self.stages.get(Signal.TRACES)
+            critical = getattr(traces.processor, "critical", None) if traces is not None else None
             return LogProcessor(
                 self.config,
                 self._metrics,
                 summaries=self.summaries,
                 flush_summaries=flush_summaries,
+                critical_traces=critical,
                 **common,
             )
         from otelai.scoring.metrics import MetricProcessor

@@ -1,9 +1,13 @@
 """One calibrated score per item from several detectors, with the features that drove it.
 
 Each detector's raw score is calibrated to [0, 1] by an empirical CDF over recent traffic
-(:class:`otelai.decision.calibration.EcdfCalibrator`); the item's combined raw score is the
-largest calibrated one, itself calibrated again so the final score is a quantile of recent
-traffic (0.99 = rarer than 99% of what passed). Detectors that are not ready yet (still
+(:class:`otelai.decision.calibration.EcdfCalibrator`), so ``1 - c`` is an empirical p-value
+(Laxhammar & Falkman's conformal anomaly detection). The detectors are combined by the
+Bonferroni rule: ``p = min(1, k * min_d p_d)`` over the ``k`` ready detectors, and the score
+is ``1 - p``. So a threshold of 0.995 flags at most about 0.5% of normal traffic however many
+detectors vote, and a value beyond everything in a detector's window scores 1. (Calibrating
+the maximum again by its own ECDF fails when many items tie at the top: the ties' mid-rank
+then caps every later score below the threshold.) Detectors that are not ready yet (still
 warming up) are left out. The reason is the top features of the detector that scored highest.
 """
 
@@ -60,7 +64,6 @@ class Scorer:
         self.detectors = list(detectors)
         self.top = top
         self._calibrators = [self._calibrator(calibration, i) for i in range(len(detectors))]
-        self._combined = self._calibrator(calibration, len(detectors))
 
     @staticmethod
     def _calibrator(calibration: Calibration, offset: int) -> EcdfCalibrator:
@@ -73,7 +76,7 @@ class Scorer:
 
     @property
     def warm(self) -> bool:
-        return self._combined.warm
+        return any(calibrator.warm for calibrator in self._calibrators)
 
     def score(self, features: FloatArray) -> Scored:
         n = len(features)
@@ -88,10 +91,13 @@ class Scorer:
             calibrated[i] = np.nan_to_num(self._calibrators[i].transform(raw), nan=0.0)
             self._calibrators[i].update(raw)
             explained[i, :, : reasons.shape[1]] = reasons[:, : self.top]
-        deciding = calibrated.argmax(axis=0) if len(self.detectors) else np.zeros(n, dtype=np.int64)
-        combined = calibrated.max(axis=0) if len(self.detectors) else np.zeros(n)
-        score = np.nan_to_num(self._combined.transform(combined), nan=0.0)
-        self._combined.update(combined)
+        voting = sum(1 for i, d in enumerate(self.detectors) if d.ready and self._calibrators[i].warm)
+        if voting:
+            deciding = calibrated.argmax(axis=0)
+            score = 1.0 - np.minimum(1.0, voting * (1.0 - calibrated.max(axis=0)))
+        else:  # nothing calibrated yet: everything is normal
+            deciding = np.zeros(n, dtype=np.int64)
+            score = np.zeros(n, dtype=np.float64)
         features_used = explained[deciding, np.arange(n)]
         return Scored(score=score, detector=deciding.astype(np.int64), features=features_used)
 

@@ -133,7 +133,7 @@ class Metrics:
         )
         self.scoring_fail_open = Counter(
             "otelai_fail_open_items",
-            "Items forwarded unscored (fail open), by reason (error, too_slow).",
+            "Items forwarded unscored (fail open), by reason (error, too_slow, unreadable).",
             ["signal", "reason"],
             registry=registry,
         )
