@@ -426,8 +426,16 @@ telemetry:
 _ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-def _expand_env(text: str, environ: Mapping[str, str]) -> str:
-    return _ENV_REF.sub(lambda m: environ.get(m.group(1), ""), text)
+def _expand_env(node: Any, environ: Mapping[str, str]) -> Any:
+    """Replace ``${env:NAME}`` inside parsed string values, as the Collector does: a value from
+    the environment never changes the YAML structure, and an unset one is an empty string."""
+    if isinstance(node, str):
+        return _ENV_REF.sub(lambda m: environ.get(m.group(1), ""), node)
+    if isinstance(node, dict):
+        return {key: _expand_env(value, environ) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_expand_env(value, environ) for value in node]
+    return node
 
 
 def _apply_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
@@ -489,7 +497,7 @@ def load_config(
             except OSError as exc:
                 raise ConfigError(f"cannot read configuration {source}: {exc.strerror}") from exc
     try:
-        raw = yaml.safe_load(_expand_env(text, env)) or {}
+        raw = _expand_env(yaml.safe_load(text), env) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"invalid YAML in {source}: {exc}") from exc
     if not isinstance(raw, dict):

@@ -80,6 +80,7 @@ class SendingQueue:
         self._retry = retry
         self._metrics = metrics
         self._queue_items = metrics.queue_items.labels(self.name)
+        self._queue_size = metrics.queue_size.labels(self.name)
         self._rng = rng if rng is not None else random.Random()
         self._waiting: asyncio.Queue[QueuedRequest] = asyncio.Queue()
         self._inflight: dict[int, QueuedRequest] = {}
@@ -193,6 +194,7 @@ class SendingQueue:
 
     def _admit(self, request: QueuedRequest) -> None:
         self._size += self._cost(request.items, request.nbytes)
+        self._queue_size.set(self._size)
         self._pending += 1
         self._idle.clear()
         self._queue_items.inc(request.items)
@@ -200,6 +202,7 @@ class SendingQueue:
 
     def _settle(self, request: QueuedRequest) -> None:
         self._size -= self._cost(request.items, request.nbytes)
+        self._queue_size.set(self._size)
         self._pending -= 1
         self._queue_items.dec(request.items)
         if self._pending == 0:

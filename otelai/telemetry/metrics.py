@@ -113,6 +113,12 @@ class Metrics:
             ["queue"],
             registry=registry,
         )
+        self.queue_size = Gauge(
+            "otelai_queue_size",
+            "What a queue holds, in the unit of its sizer (compare with otelai_queue_capacity).",
+            ["queue"],
+            registry=registry,
+        )
         self.queue_capacity = Gauge(
             "otelai_queue_capacity",
             "Capacity of a queue, in the unit of its sizer.",
