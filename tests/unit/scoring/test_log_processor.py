@@ -232,9 +232,7 @@ def test_burst_of_a_new_error_template_is_forwarded_tagged_and_the_rest_sampled(
             assert tags["otelai.anomaly.severity"] == "normal" and "otelai.anomaly.reason" not in tags
 
     # Every record is accounted for once; the dropped ones in the summaries, per template.
-    decisions = {
-        d: _selected(registry, d) for d in ("sampled", "anomaly", "dropped", "critical_context")
-    }
+    decisions = {d: _selected(registry, d) for d in ("sampled", "anomaly", "dropped", "critical_context")}
     assert sum(decisions.values()) == len(traffic.sent)
     assert decisions["critical_context"] == 0
     anomalies = sum(
