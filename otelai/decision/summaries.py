@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -105,6 +106,10 @@ class SeriesTable:
         self.keys.append(key)
         return ident
 
+    def find(self, service: str, name: str) -> int | None:
+        """The id of a pair already interned, or ``None``."""
+        return self._ids.get((service, name))
+
     def intern_many(self, services: Sequence[str], names: Sequence[str]) -> npt.NDArray[np.int64]:
         """Ids of many pairs (one dictionary look-up each: about 0.1 us)."""
         if len(services) != len(names):
@@ -121,6 +126,15 @@ class SeriesTable:
         """``ids`` with any id this table did not hand out mapped to the overflow series."""
         bad = (ids < 0) | (ids >= len(self.keys))
         return np.where(bad, OVERFLOW, ids) if bad.any() else ids
+
+
+@dataclass(slots=True)
+class _Owed:
+    """Spans of one series taken back but not yet taken from any interval's counts."""
+
+    buckets: npt.NDArray[np.int64]
+    millis: npt.NDArray[np.float64]  # duration sum per bucket
+    errors: int = 0
 
 
 class DroppedSummaries:
@@ -162,6 +176,9 @@ class DroppedSummaries:
         if instance_id:
             self._resource_attributes["otelai.instance.id"] = instance_id
         self.interval_start_ns = time.time_ns() if start_ns is None else start_ns
+        # Spans taken back (forget_spans) beyond what an interval held, by (service, name);
+        # None is the overflow series. Kept across intervals.
+        self._owed: dict[tuple[str, str] | None, _Owed] = {}
         self._reset()
 
     def _reset(self) -> None:
@@ -221,6 +238,68 @@ class DroppedSummaries:
         self.duration_sum[:size] += np.bincount(ids, weights=millis, minlength=size)
         np.minimum.at(self.duration_min, ids, millis)
         np.maximum.at(self.duration_max, ids, millis)
+        if self._owed:
+            self._settle()
+
+    def forget_spans(
+        self,
+        series: npt.NDArray[np.int64],
+        durations_ns: npt.NDArray[np.integer],
+        is_error: npt.NDArray[np.bool_],
+    ) -> None:
+        """Take back spans counted as dropped that were forwarded after all (the earlier spans
+        of a trace that turned critical, recalled from the trace buffer).
+
+        What this interval holds of the series (in the same histogram buckets) is taken now;
+        the rest was counted in an interval already sent, and is owed: taken from the series'
+        next dropped spans, so totals over intervals stay exact and no point goes below zero
+        or disagrees with its buckets. Min and max stay as they are.
+
+        Parameters
+        ----------
+        series, durations_ns, is_error
+            As for :meth:`add_spans`, one entry per span to take back.
+        """
+        ids = self.spans.valid(series)
+        millis = np.maximum(durations_ns.astype(np.int64), 0) / 1e6
+        bucket = np.searchsorted(self.boundaries_ms, millis, side="left")
+        # A loop over the recalled spans only: a few per critical trace.
+        for ident, slot, ms, error in zip(
+            ids.tolist(), bucket.tolist(), millis.tolist(), is_error.tolist(), strict=True
+        ):
+            key = None if ident == OVERFLOW else self.spans.keys[ident]
+            owed = self._owed.get(key)
+            if owed is None:
+                if len(self._owed) >= self.max_series:  # bounded: forget the oldest debt
+                    del self._owed[next(iter(self._owed))]
+                width = self.bucket_counts.shape[1]
+                owed = self._owed[key] = _Owed(np.zeros(width, dtype=np.int64), np.zeros(width))
+            owed.buckets[slot] += 1
+            owed.millis[slot] += ms
+            owed.errors += int(error)
+        self._settle()
+
+    def _settle(self) -> None:
+        """Take what is owed from this interval's counts, as far as they go."""
+        for key in list(self._owed):
+            ident = OVERFLOW if key is None else self.spans.find(*key)
+            if ident is None:
+                continue
+            owed = self._owed[key]
+            taken = np.minimum(self.bucket_counts[ident], owed.buckets)
+            count = int(taken.sum())
+            errors = min(owed.errors, int(self.error_counts[ident]), count)
+            # Durations by bucket, so taking a whole bucket takes exactly its durations.
+            millis = owed.millis * taken / np.maximum(owed.buckets, 1)
+            self.bucket_counts[ident] -= taken
+            self.span_counts[ident] -= count
+            self.error_counts[ident] = min(self.error_counts[ident] - errors, self.span_counts[ident])
+            self.duration_sum[ident] = max(self.duration_sum[ident] - millis.sum(), 0.0)
+            owed.buckets -= taken
+            owed.errors -= errors
+            owed.millis -= millis
+            if not owed.buckets.any():
+                del self._owed[key]  # an error left owed with no span left is forgiven
 
     def add_logs(self, series: npt.NDArray[np.int64], dropped: npt.NDArray[np.bool_]) -> None:
         """Count the dropped log records of a batch (``series`` from :meth:`intern_logs`)."""

@@ -184,6 +184,8 @@ class TraceProcessor:
         for i, reason in enumerate(REASONS):
             if counts[i]:
                 metrics.selection_items.labels("traces", reason).inc(int(counts[i]))
+        # Recalled spans were counted "dropped" when they passed (a counter cannot take that
+        # back): over time, the decisions add up to the spans received plus those recalled.
         extra = sum(len(r.start) for r in recalled)
         if extra:
             metrics.selection_items.labels("traces", "critical_context").inc(extra)
@@ -196,6 +198,20 @@ class TraceProcessor:
             if dropped.any():
                 series = self._series(batch.operation_id)
                 self._summaries.add_spans(series, batch.duration_ns, batch.status_code == 2, dropped)
+            if recalled:
+                self._forget(recalled)
+
+    def _forget(self, recalled: list[Recalled]) -> None:
+        """Take the recalled spans back out of the summaries: counted dropped when they passed,
+        they are forwarded now. Rare (critical traces only), so their requests are read again."""
+        assert self._summaries is not None
+        again = SpanBatch.from_payloads([item.data for item in recalled], self.interner)
+        # A span's byte offset in its request identifies it (same bytes, same layout).
+        wanted = np.concatenate([(r << 40) + item.start for r, item in enumerate(recalled)])
+        rows = np.isin((again.request.astype(np.int64) << 40) + again.span_start, wanted)
+        self._summaries.forget_spans(
+            self._series(again.operation_id[rows]), again.duration_ns[rows], again.status_code[rows] == 2
+        )
 
     def _series(self, operation_ids: Any) -> Any:
         """Summary series per span, interned once per operation and interval."""

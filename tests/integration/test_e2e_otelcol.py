@@ -25,6 +25,7 @@ def test_go_collector_exports_to_otelai(
 ) -> None:
     service = otelai_service(
         f"""
+scoring: {{enabled: false}}  # a pass-through test: the hop, not scoring
 exporters:
   otlp:
     endpoint: "{sink.grpc_endpoint}"

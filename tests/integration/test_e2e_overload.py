@@ -84,6 +84,7 @@ def test_backpressure_bounded_memory_and_no_loss(
     sink.unavailable = True  # upstream refuses everything: the queue can only fill up
     service = otelai_service(
         f"""
+scoring: {{enabled: false}}  # a pass-through test: the hop, not scoring
 exporters:
   otlp:
     endpoint: "{sink.grpc_endpoint}"

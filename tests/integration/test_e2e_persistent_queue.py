@@ -59,6 +59,7 @@ def test_acknowledged_spans_survive_outage_and_kill9(
     storage = tmp_path / "queue"
     service = otelai_service(
         f"""
+scoring: {{enabled: false}}  # a pass-through test: the hop, not scoring
 exporters:
   otlp:
     endpoint: "{upstream.grpc_endpoint}"

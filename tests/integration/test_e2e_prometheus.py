@@ -25,6 +25,7 @@ def test_prometheus_scrapes_otelai(
 ) -> None:
     service = otelai_service(
         f"""
+scoring: {{enabled: false}}  # a pass-through test: the hop, not scoring
 exporters:
   file: {{path: "{tmp_path / "forwarded.jsonl"}"}}
 """

@@ -69,6 +69,7 @@ def test_sdk_through_otelai_and_rotel(
     forwarded = tmp_path / "fanout" / "forwarded.jsonl"
     service = otelai_service(
         f"""
+scoring: {{enabled: false}}  # a pass-through test: the hop, not scoring
 exporters:{_exporter_yaml(exporter, rotel)}
   file: {{path: "{forwarded}"}}
 """

@@ -23,6 +23,7 @@ def test_sigterm_drains_the_queue_and_exits_zero(
     sink.delay = 0.25  # a slow upstream: the queue cannot empty before the signal
     service = otelai_service(
         f"""
+scoring: {{enabled: false}}  # a pass-through test: the hop, not scoring
 exporters:
   otlp:
     endpoint: "{sink.grpc_endpoint}"
