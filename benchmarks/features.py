@@ -10,7 +10,9 @@ share the machine's load:
 
 - ``parse``: ``ExportTraceServiceRequest.FromString`` of every request (the floor to beat);
 - ``locate``: the container walk that finds every span's bytes (skeleton parse and tiling);
-- ``span_batch``: ``SpanBatch.from_payloads`` (all columns, from the bytes);
+- ``span_batch``: ``SpanBatch.from_payloads`` (all columns, from the bytes), with the span reader
+  ``--decoder`` names (``auto``, ``numba``, ``numpy``; several, comma-separated, add one
+  ``span_batch@NAME`` and ``batch_and_features@NAME`` row each, timed in the same rounds);
 - ``span_batch_from_requests``: ``SpanBatch.from_requests`` on parsed requests (serialises);
 - ``features``: ``span_features`` on a ready batch, baselines updated;
 - ``batch_and_features``: ``span_batch`` then ``features``: what the hot path pays.
@@ -35,7 +37,7 @@ import time
 from collections.abc import Callable
 from operator import attrgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from measure import machine_info
@@ -45,6 +47,7 @@ from workload import build_batches
 from otelai.features.interner import Interner
 from otelai.features.span_batch import SpanBatch
 from otelai.features.span_batch import _attribute_columns as attribute_columns
+from otelai.features.span_decoder import Decoder, prepare_decoder
 from otelai.features.spans import SpanBaselines, span_features
 from otelai.features.trace_layout import locate_spans
 from otelai.features.wire import walk
@@ -156,7 +159,7 @@ def _columns_via_api(requests: list[Any]) -> int:
 
 
 def _operations(
-    payloads: list[bytes], requests_per_batch: int, skeleton: Any
+    payloads: list[bytes], requests_per_batch: int, skeleton: Any, decoders: list[Decoder]
 ) -> dict[str, Callable[[], object]]:
     groups = [payloads[i : i + requests_per_batch] for i in range(0, len(payloads), requests_per_batch)]
     parsed = [[ExportTraceServiceRequest.FromString(payload) for payload in group] for group in groups]
@@ -170,17 +173,29 @@ def _operations(
         buf, layout = locate_spans(group)
         fields.append((buf, walk(buf, layout.start, layout.end), int(layout.start.size)))
 
-    def batch_and_features() -> None:
-        for group in groups:
-            span_features(SpanBatch.from_payloads(group, interner), baselines, now=0.0)
+    def span_batch(decoder: Decoder) -> Callable[[], object]:
+        return lambda: [SpanBatch.from_payloads(group, interner, decoder=decoder) for group in groups]
+
+    def batch_and_features(decoder: Decoder) -> Callable[[], object]:
+        def run() -> None:
+            for group in groups:
+                batch = SpanBatch.from_payloads(group, interner, decoder=decoder)
+                span_features(batch, baselines, now=0.0)
+
+        return run
+
+    def suffix(decoder: Decoder) -> str:
+        return f"@{decoder}" if len(decoders) > 1 else ""
 
     return {
         "parse": lambda: [ExportTraceServiceRequest.FromString(payload) for payload in payloads],
         "locate": lambda: [locate_spans(group) for group in groups],
-        "span_batch": lambda: [SpanBatch.from_payloads(group, interner) for group in groups],
-        "span_batch_from_requests": lambda: [SpanBatch.from_requests(group, interner) for group in parsed],
+        **{f"span_batch{suffix(d)}": span_batch(d) for d in decoders},
+        "span_batch_from_requests": lambda: [
+            SpanBatch.from_requests(group, interner, decoder=decoders[0]) for group in parsed
+        ],
         "features": lambda: [span_features(batch, baselines, now=0.0) for batch in ready],
-        "batch_and_features": batch_and_features,
+        **{f"batch_and_features{suffix(d)}": batch_and_features(d) for d in decoders},
         "attributes_raw_wire": lambda: [attribute_columns(*walked) for walked in fields],
         "attributes_loop_frozenset": lambda: [_attributes_loop(group) for group in parsed],
         "attributes_attrgetter_prefilter": lambda: [_attributes_prefilter(group) for group in parsed],
@@ -190,10 +205,10 @@ def _operations(
 
 
 def measure(
-    payloads: list[bytes], spans: int, requests_per_batch: int, rounds: int
+    payloads: list[bytes], spans: int, requests_per_batch: int, rounds: int, decoders: list[Decoder]
 ) -> dict[str, dict[str, float]]:
     """Microseconds per span (median and best round) of each operation, rounds interleaved."""
-    operations = _operations(payloads, requests_per_batch, _map_skeleton())
+    operations = _operations(payloads, requests_per_batch, _map_skeleton(), decoders)
     timings: dict[str, list[float]] = {name: [] for name in operations}
     for operation in operations.values():
         operation()  # warm up
@@ -243,11 +258,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", default="1,8", help="requests per SpanBatch, comma-separated")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--rounds", type=int, default=11)
+    parser.add_argument(
+        "--decoder", default="auto", help="span reader(s): auto, numba, numpy; comma-separated to compare"
+    )
     args = parser.parse_args(argv)
+    decoders = [cast(Decoder, name) for name in args.decoder.split(",")]
+    started = time.perf_counter()
+    in_use = {name: prepare_decoder(name) for name in decoders}  # numba compiles (or loads) here
+    prepare_s = round(time.perf_counter() - started, 2)
     payloads = build_batches(args.seed, args.batches, args.spans)
     total = args.spans * args.batches
     results = {
-        f"{count}_requests_per_batch": measure(payloads, total, int(count), args.rounds)
+        f"{count}_requests_per_batch": measure(payloads, total, int(count), args.rounds, decoders)
         for count in args.requests.split(",")
     }
     report = {
@@ -257,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         "parameters": vars(args) | {"out": str(args.out)},
         "operations": results,
         "locator_us_per_span": _locator_cost(payloads[:8], args.rounds),
+        "decoders_in_use": in_use,
+        "decoder_prepare_s": prepare_s,
         "notes": [
             "us_per_span over all spans of all requests; rounds interleave the operations.",
             "span_batch reads the serialised bytes: it needs no parse; batch_and_features is the hot path's cost.",
@@ -269,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         print(batching)
         for name, row in rows.items():
             print(f"  {name:<38}{row['us_per_span_median']:>10.3f}{row['us_per_span_best']:>10.3f}")
+    print(f"decoders {in_use} (prepared in {prepare_s} s)")
     print(f"locator {report['locator_us_per_span']} us/span; wrote {args.out}")
     return 0
 

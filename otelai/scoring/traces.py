@@ -41,6 +41,7 @@ from otelai.detectors.pca import PcaDetector
 from otelai.detectors.surprise import SurpriseDetector
 from otelai.features.interner import Interner
 from otelai.features.span_batch import SpanBatch
+from otelai.features.span_decoder import prepare_decoder
 from otelai.features.spans import SPAN_SCHEMA, SpanBaselines, span_features
 from otelai.pipeline import Payload
 from otelai.scoring.scorer import Scorer
@@ -100,6 +101,8 @@ class TraceProcessor:
         )
         self._model_version = scoring.model_version
         self.interner = Interner()
+        # Compile (or load from numba's cache) the span reader now, not on the first batch.
+        self.span_decoder = prepare_decoder()
         self.baselines = SpanBaselines.create()
         detectors: list[Any] = [SurpriseDetector(SPAN_SCHEMA, SURPRISE_COLUMNS)]
         if scoring.pca.enabled:

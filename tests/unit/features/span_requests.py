@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
@@ -71,6 +72,51 @@ def make_request(resources: dict[str | None, list[Span]]) -> ExportTraceServiceR
         scope.scope.name = "test"
         scope.spans.extend(spans)
     return request
+
+
+def varint(value: int) -> bytes:
+    """``value`` as a protobuf varint."""
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def field(number: int, payload: bytes) -> bytes:
+    """A length-delimited field."""
+    return varint(number << 3 | 2) + varint(len(payload)) + payload
+
+
+def unusual_payload() -> bytes:
+    """A request whose one span has reordered KeyValue fields, long keys and values, field 16,
+    unknown fields and a repeated status: legal encodings that no common encoder writes."""
+    span = make_span(
+        3,
+        4,
+        1,
+        attributes={"k" * 200: "long key", "v": "y" * 300, "http.response.status_code": 404},
+        events=("exception",),
+        status=Status.STATUS_CODE_ERROR,
+    )
+    span.flags = 0x101  # field 16: a two-byte tag
+    span.events[0].attributes.append(kv("stack", "z" * 20_000))  # a three-byte length prefix
+    value = kv("x", 7).value.SerializeToString()
+    raw = span.SerializeToString()
+    raw += field(9, field(2, value) + field(1, b"rpc.grpc.status_code"))  # value before key
+    raw += varint(200 << 3) + varint(5)  # an unknown varint field
+    raw += field(15, Status(code=Status.STATUS_CODE_OK).SerializeToString())  # a second status
+    resource = make_request({"svc": []}).resource_spans[0]
+    scope = resource.scope_spans[0].SerializeToString() + field(2, raw)
+    return field(1, field(1, resource.resource.SerializeToString()) + field(2, scope))
+
+
+def interleaved_payload() -> bytes:
+    """A request whose scope has a ``schema_url`` between its spans."""
+    spans = [make_span(1, i).SerializeToString() for i in (1, 2, 3)]
+    scope = field(2, spans[0]) + field(3, b"https://schema") + field(2, spans[1]) + field(2, spans[2])
+    return field(1, field(2, scope))
 
 
 def _integer(value: AnyValue) -> int:
@@ -145,3 +191,66 @@ def named(batch: Any, interner: Interner) -> dict[str, Any]:
     services = [interner.service_name(int(i)) for i in batch.service_id]
     operations = ["|".join(interner.operation_name(int(i))) for i in batch.operation_id]
     return {"service": np.asarray(services), "operation": np.asarray(operations)}
+
+
+_KEYS = st.sampled_from(
+    [
+        "http.response.status_code",
+        "http.status_code",
+        "rpc.grpc.status_code",
+        "db.system",
+        "db.system.name",
+        "url.path",
+        "server.address",
+        "k",
+        "x" * 130,
+    ]
+)
+_VALUES = st.one_of(
+    st.integers(-(2**63), 2**63 - 1),
+    st.integers(0, 700),
+    st.sampled_from(["200", "404", "5", "0999", "12345", "", "abc", "503"]),
+    st.text(max_size=150),
+    st.booleans(),
+    st.floats(allow_nan=False),
+)
+
+
+@st.composite
+def _spans(draw: st.DrawFn) -> Span:
+    span = Span(
+        trace_id=draw(st.sampled_from([b"", bytes(16), b"\x01" * 16, b"\x02" * 16, b"\x03" * 15])),
+        span_id=draw(st.binary(min_size=0, max_size=9)),
+        parent_span_id=draw(st.sampled_from([b"", bytes(8), b"\x01" * 8, b"\x02" * 8, b"\x05" * 3])),
+        name=draw(st.text(max_size=90)),
+        kind=draw(st.integers(0, 7)),  # type: ignore[arg-type]
+        start_time_unix_nano=draw(st.integers(0, 2**64 - 1)),
+        end_time_unix_nano=draw(st.integers(0, 2**64 - 1)),
+        flags=draw(st.integers(0, 2**32 - 1)),
+        status=Status(code=draw(st.integers(0, 3)), message=draw(st.text(max_size=5))),  # type: ignore[arg-type]
+    )
+    keys = draw(st.lists(_KEYS, max_size=6, unique=True))
+    span.attributes.extend(kv(key, draw(_VALUES)) for key in keys)
+    for name in draw(st.lists(st.sampled_from(["exception", "retry", "exceptio", ""]), max_size=3)):
+        span.events.add(name=name, time_unix_nano=draw(st.integers(0, 10)))
+    for _ in range(draw(st.integers(0, 2))):
+        span.links.add(trace_id=b"\x01" * 16)
+    return span
+
+
+@st.composite
+def random_requests(draw: st.DrawFn) -> ExportTraceServiceRequest:
+    """Requests of 0-3 resources, 0-2 scopes each, 0-4 spans each, with the attributes, ids,
+    names, events and statuses the readers must get right (and wrong-sized ids, odd values)."""
+    request = ExportTraceServiceRequest()
+    for _ in range(draw(st.integers(0, 3))):
+        resource_spans = request.resource_spans.add()
+        service = draw(st.sampled_from([None, "", "svc-a", "svc-b", 5]))
+        if service is not None:
+            resource_spans.resource.attributes.append(kv("service.name", service))
+        for _ in range(draw(st.integers(0, 2))):
+            scope = resource_spans.scope_spans.add()
+            scope.scope.name = draw(st.sampled_from(["", "lib"]))
+            scope.spans.extend(draw(st.lists(_spans(), max_size=4)))
+            scope.schema_url = draw(st.sampled_from(["", "https://x"]))
+    return request

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -11,11 +13,27 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from otelai.features.interner import OVERFLOW, UNKNOWN_SERVICE, Interner
 from otelai.features.span_batch import SpanBatch
+from otelai.features.span_decoder import Decoder
 
-from .span_requests import T0, kv, make_request, make_span, named, reference
+from .span_requests import (
+    T0,
+    interleaved_payload,
+    make_request,
+    make_span,
+    named,
+    random_requests,
+    reference,
+    unusual_payload,
+)
 
 ERROR = Status.STATUS_CODE_ERROR
 OK = Status.STATUS_CODE_OK
+_HAS_NUMBA = importlib.util.find_spec("numba") is not None
+# Both span readers against the protobuf API (test_span_decode_numba compares them column by column).
+DECODERS = [
+    "numpy",
+    pytest.param("numba", marks=pytest.mark.skipif(not _HAS_NUMBA, reason="numba not installed")),
+]
 
 
 def _batch(*requests: ExportTraceServiceRequest, interner: Interner | None = None) -> SpanBatch:
@@ -208,43 +226,14 @@ def test_columns_are_read_only() -> None:
         batch.duration_ns[0] = 5
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
-def test_unusual_encodings_read_like_the_protobuf_api() -> None:
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_unusual_encodings_read_like_the_protobuf_api(decoder: Decoder) -> None:
     """Reordered KeyValue fields, long keys and values, field 16, unknown fields, repeats."""
-    span = make_span(
-        3,
-        4,
-        1,
-        attributes={"k" * 200: "long key", "v": "y" * 300, "http.response.status_code": 404},
-        events=("exception",),
-        status=ERROR,
-    )
-    span.flags = 0x101  # field 16: a two-byte tag
-    span.events[0].attributes.append(kv("stack", "z" * 20_000))  # a three-byte length prefix
-    value = kv("x", 7).value.SerializeToString()
-    raw = span.SerializeToString()
-    raw += _field(9, _field(2, value) + _field(1, b"rpc.grpc.status_code"))  # value before key
-    raw += _varint(200 << 3) + _varint(5)  # an unknown varint field
-    raw += _field(15, Status(code=OK).SerializeToString())  # a second status: merged, last code wins
-    resource = make_request({"svc": []}).resource_spans[0]
-    scope = resource.scope_spans[0].SerializeToString() + _field(2, raw)
-    payload = _field(1, _field(1, resource.resource.SerializeToString()) + _field(2, scope))
+    payload = unusual_payload()
     parsed = ExportTraceServiceRequest.FromString(payload)
     assert len(parsed.resource_spans[0].scope_spans[0].spans) == 1
     interner = Interner()
-    batch = SpanBatch.from_payloads([payload], interner)
+    batch = SpanBatch.from_payloads([payload], interner, decoder=decoder)
     _assert_matches_reference(batch, [parsed], interner)
     assert batch.rpc_grpc_status.tolist() == [7]
     assert batch.http_status_class.tolist() == [4]
@@ -253,11 +242,10 @@ def test_unusual_encodings_read_like_the_protobuf_api() -> None:
     assert batch.n_attributes.tolist() == [4]
 
 
-def test_spans_interleaved_with_other_fields_are_still_found() -> None:
-    spans = [make_span(1, i).SerializeToString() for i in (1, 2, 3)]
-    scope = _field(2, spans[0]) + _field(3, b"https://schema") + _field(2, spans[1]) + _field(2, spans[2])
-    payload = _field(1, _field(2, scope))
-    batch = SpanBatch.from_payloads([payload], Interner())
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_spans_interleaved_with_other_fields_are_still_found(decoder: Decoder) -> None:
+    payload = interleaved_payload()
+    batch = SpanBatch.from_payloads([payload], Interner(), decoder=decoder)
     assert [int.from_bytes(bytes(row), "big") for row in batch.span_id] == [1, 2, 3]
     assert batch.index.tolist() == [0, 1, 2]
 
@@ -274,72 +262,14 @@ def _assert_matches_reference(
         np.testing.assert_array_equal(actual[name], values.reshape(actual[name].shape), err_msg=name)
 
 
-_KEYS = st.sampled_from(
-    [
-        "http.response.status_code",
-        "http.status_code",
-        "rpc.grpc.status_code",
-        "db.system",
-        "db.system.name",
-        "url.path",
-        "server.address",
-        "k",
-        "x" * 130,
-    ]
-)
-_VALUES = st.one_of(
-    st.integers(-(2**63), 2**63 - 1),
-    st.integers(0, 700),
-    st.sampled_from(["200", "404", "5", "0999", "12345", "", "abc", "503"]),
-    st.text(max_size=150),
-    st.booleans(),
-    st.floats(allow_nan=False),
-)
-
-
-@st.composite
-def _spans(draw: st.DrawFn) -> Span:
-    span = Span(
-        trace_id=draw(st.sampled_from([b"", bytes(16), b"\x01" * 16, b"\x02" * 16, b"\x03" * 15])),
-        span_id=draw(st.binary(min_size=0, max_size=9)),
-        parent_span_id=draw(st.sampled_from([b"", bytes(8), b"\x01" * 8, b"\x02" * 8, b"\x05" * 3])),
-        name=draw(st.text(max_size=90)),
-        kind=draw(st.integers(0, 7)),  # type: ignore[arg-type]
-        start_time_unix_nano=draw(st.integers(0, 2**64 - 1)),
-        end_time_unix_nano=draw(st.integers(0, 2**64 - 1)),
-        flags=draw(st.integers(0, 2**32 - 1)),
-        status=Status(code=draw(st.integers(0, 3)), message=draw(st.text(max_size=5))),  # type: ignore[arg-type]
-    )
-    keys = draw(st.lists(_KEYS, max_size=6, unique=True))
-    span.attributes.extend(kv(key, draw(_VALUES)) for key in keys)
-    for name in draw(st.lists(st.sampled_from(["exception", "retry", "exceptio", ""]), max_size=3)):
-        span.events.add(name=name, time_unix_nano=draw(st.integers(0, 10)))
-    for _ in range(draw(st.integers(0, 2))):
-        span.links.add(trace_id=b"\x01" * 16)
-    return span
-
-
-@st.composite
-def _requests(draw: st.DrawFn) -> ExportTraceServiceRequest:
-    request = ExportTraceServiceRequest()
-    for _ in range(draw(st.integers(0, 3))):
-        resource_spans = request.resource_spans.add()
-        service = draw(st.sampled_from([None, "", "svc-a", "svc-b", 5]))
-        if service is not None:
-            resource_spans.resource.attributes.append(kv("service.name", service))
-        for _ in range(draw(st.integers(0, 2))):
-            scope = resource_spans.scope_spans.add()
-            scope.scope.name = draw(st.sampled_from(["", "lib"]))
-            scope.spans.extend(draw(st.lists(_spans(), max_size=4)))
-            scope.schema_url = draw(st.sampled_from(["", "https://x"]))
-    return request
-
-
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(_requests(), min_size=1, max_size=3))
-def test_random_requests_match_the_protobuf_api(requests: list[ExportTraceServiceRequest]) -> None:
+@pytest.mark.parametrize("decoder", DECODERS)
+@given(st.lists(random_requests(), min_size=1, max_size=3))
+def test_random_requests_match_the_protobuf_api(
+    decoder: Decoder, requests: list[ExportTraceServiceRequest]
+) -> None:
     interner = Interner()
-    batch = SpanBatch.from_requests(requests, interner)
+    batch = SpanBatch.from_requests(requests, interner, decoder=decoder)
     assert batch.failed_requests == ()
     if not reference(requests):
         assert len(batch) == 0
