@@ -281,7 +281,7 @@ class PcaModel(_Model):
     variance: float = Field(default=0.95, gt=0, le=1)
     min_samples: int = Field(default=2048, ge=16)
     reservoir_size: int = Field(default=8192, ge=16)
-    refit_every: int = Field(default=200_000, ge=1)
+    refit_every: int = Field(default=1_000_000, ge=1)
 
 
 class Scoring(_Model):

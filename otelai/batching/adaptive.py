@@ -32,6 +32,9 @@ log = logging.getLogger("otelai.batching")
 
 T = TypeVar("T")
 
+# Scheduling rounds given to ready request handlers before a batch is cut (each a few us).
+_GATHER_ROUNDS = 8
+
 
 class BatcherStopped(Exception):
     """Given to ``on_error`` for requests the batcher stopped before processing."""
@@ -204,10 +207,21 @@ class AdaptiveBatcher(Generic[T]):
                 if remaining <= 0:
                     break
                 await self._sleep_or_wake(remaining)
+            # Let requests that are already received but not yet offered (their handlers are
+            # ready to run on this loop) join the batch: one scheduling round costs microseconds,
+            # a batch of one request where several were waiting costs its whole fixed overhead.
+            for _ in range(_GATHER_ROUNDS):
+                queued = len(self._queue)
+                await asyncio.sleep(0)
+                if len(self._queue) == queued:
+                    break
             await self._run_batch(loop)
 
     def _take(self) -> tuple[list[T], list[int], list[float]]:
-        target = self.controller.target
+        # Work-conserving: the target decides how long to wait for a batch to fill, but what
+        # is already queued goes in one batch (up to the maximum). Under overload, taking a
+        # target-sized slice each time only adds per-batch cost while the rest waits anyway.
+        target = max(self.controller.target, min(self._queued_items, self.controller.max_batch_size))
         items: list[T] = []
         sizes: list[int] = []
         times: list[float] = []
