@@ -37,14 +37,12 @@ from otelai.decision.severity import Severity, classify
 from otelai.decision.summaries import DroppedSummaries
 from otelai.decision.tagging import SPAN_ATTRIBUTES, tag_suffix, trace_state_field
 from otelai.decision.trace_buffer import CriticalTraces, Recalled, TraceBuffer, trace_keys
-from otelai.detectors.pca import PcaDetector
-from otelai.detectors.surprise import SurpriseDetector
 from otelai.features.interner import Interner
 from otelai.features.span_batch import SpanBatch
 from otelai.features.span_decoder import prepare_decoder
 from otelai.features.spans import SPAN_SCHEMA, SpanBaselines, span_features
 from otelai.pipeline import Payload
-from otelai.scoring.scorer import Scorer
+from otelai.scoring.detection import default_scorer
 from otelai.signals import Signal
 from otelai.telemetry.metrics import Metrics
 
@@ -104,21 +102,7 @@ class TraceProcessor:
         # Compile (or load from numba's cache) the span reader now, not on the first batch.
         self.span_decoder = prepare_decoder()
         self.baselines = SpanBaselines.create()
-        detectors: list[Any] = [SurpriseDetector(SPAN_SCHEMA, SURPRISE_COLUMNS)]
-        if scoring.pca.enabled:
-            detectors.append(
-                PcaDetector(
-                    n_features=SPAN_SCHEMA.width,
-                    variance=scoring.pca.variance,
-                    min_samples=scoring.pca.min_samples,
-                    reservoir_size=scoring.pca.reservoir_size,
-                    refit_every=scoring.pca.refit_every,
-                    backend_order=scoring.backend,
-                    backend_options=scoring.backend_options,
-                    on_fallback=on_fallback,
-                )
-            )
-        self.scorer = Scorer(SPAN_SCHEMA, detectors, scoring.calibration)
+        self.scorer = default_scorer(SPAN_SCHEMA, SURPRISE_COLUMNS, scoring, on_fallback=on_fallback)
         self.buffer = TraceBuffer(wait=selection.decision_wait, max_bytes=selection.trace_buffer_size)
         self.critical = CriticalTraces(
             ttl=selection.critical_trace_ttl, max_traces=selection.max_critical_traces
