@@ -103,6 +103,7 @@ class EcdfCalibrator:
             return
         if values.size >= self.window:
             values = values[-self.window :]
+        self._merge_sorted(values)
         end = self._next + values.size
         if end <= self.window:
             self._ring[self._next : end] = values
@@ -112,7 +113,25 @@ class EcdfCalibrator:
             self._ring[: end - self.window] = values[split:]
         self._next = end % self.window
         self._filled = min(self.window, self._filled + values.size)
-        self._sorted = None
+
+    def _merge_sorted(self, values: FloatArray) -> None:
+        """Keep the sorted window in step: take out what ``values`` will overwrite, merge them in.
+
+        Two memory moves of the window (tens of microseconds) instead of a sort of it (about
+        0.5 ms for 8192 scores) on every batch; a large update just drops the sorted copy.
+        """
+        if self._sorted is None or values.size * 8 > self.window:
+            self._sorted = None
+            return
+        slots = (self._next + np.arange(values.size)) % self.window
+        evicted = np.sort(self._ring[slots[slots < self._filled]])
+        current = self._sorted
+        if evicted.size:
+            # Equal evicted values take consecutive positions among the equal stored ones.
+            first = np.searchsorted(current, evicted, side="left")
+            current = np.delete(current, first + np.arange(evicted.size) - np.searchsorted(evicted, evicted))
+        added = np.sort(values)
+        self._sorted = np.insert(current, np.searchsorted(current, added), added)
 
     def transform(self, raw: npt.ArrayLike) -> FloatArray:
         """Calibrated scores in [0, 1] of a batch of raw scores; NaN stays NaN.

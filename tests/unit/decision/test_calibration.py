@@ -114,3 +114,18 @@ def test_thinning_is_seeded() -> None:
 def test_invalid_settings(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         EcdfCalibrator(**kwargs)  # type: ignore[arg-type]
+
+
+def test_incrementally_sorted_window_equals_a_fresh_sort() -> None:
+    rng = np.random.default_rng(5)
+    cal = EcdfCalibrator(window=512, sample_rate=1.0, min_samples=16, seed=1)
+    for step in range(400):
+        # ties and repeats on purpose: integers from a small range
+        cal.update(rng.integers(0, 40, size=int(rng.integers(1, 40))).astype(np.float64))
+        probe = rng.integers(-1, 41, size=32).astype(np.float64)
+        got = cal.transform(probe)
+        assert cal._sorted is not None
+        np.testing.assert_array_equal(cal._sorted, np.sort(cal._ring[: cal.samples]))
+        expected = EcdfCalibrator(window=512, sample_rate=1.0, min_samples=16)
+        expected.update(cal._ring[: cal.samples])
+        np.testing.assert_allclose(got, expected.transform(probe), err_msg=f"step {step}")
