@@ -7,6 +7,7 @@ and log records, flushed by one stage so upstream gets one stream).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -19,6 +20,8 @@ from otelai.signals import Signal
 from otelai.telemetry.metrics import Metrics
 
 log = logging.getLogger("otelai.scoring")
+
+_MODEL_INFO_INTERVAL = 5.0  # seconds between checks of which backend the models run on
 
 
 class Scoring:
@@ -44,7 +47,9 @@ class Scoring:
             )
             self.stages[signal] = stage
             pipeline.stages[signal] = stage
-        metrics.model_info.labels(config.scoring.model_version, ",".join(config.scoring.backend)).set(1)
+        self._model_info: tuple[str, str] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._refresh_model_info()
 
     def _on_fallback(self, source: str, target: str, reason: str) -> None:
         self._metrics.backend_fallbacks.labels(source, target).inc()
@@ -82,7 +87,32 @@ class Scoring:
 
         return MetricProcessor(self.config, self._metrics, **common)
 
+    def active_backend(self) -> str:
+        """The backend the models run on now ("none" until a model is fitted)."""
+        for stage in self.stages.values():
+            scorer = getattr(stage.processor, "scorer", None)
+            for detector in getattr(scorer, "detectors", ()):
+                name = getattr(detector, "backend_name", None)
+                if name:
+                    return str(name)
+        return "none"
+
+    def _refresh_model_info(self) -> None:
+        """``otelai_model_info{version, backend}`` names the backend in use, not the configured list."""
+        labels = (self.config.scoring.model_version, self.active_backend())
+        if labels != self._model_info:
+            if self._model_info is not None:
+                self._metrics.model_info.remove(*self._model_info)
+            self._metrics.model_info.labels(*labels).set(1)
+            self._model_info = labels
+
+    async def _watch_models(self) -> None:
+        while True:  # models are fitted and swapped in the background; follow them
+            await asyncio.sleep(_MODEL_INFO_INTERVAL)
+            self._refresh_model_info()
+
     async def start(self) -> None:
+        self._watcher = asyncio.create_task(self._watch_models(), name="otelai-model-info")
         if self.alerter is not None:
             await self.alerter.start()
         if self.mitigation is not None:
@@ -95,6 +125,10 @@ class Scoring:
         return all(results)
 
     async def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
+            self._watcher = None
         for stage in self.stages.values():
             await stage.stop()
             close = getattr(stage.processor, "close", None)
