@@ -109,23 +109,35 @@ class Backend(abc.ABC):
             merged[key] = value
         return merged
 
+    @classmethod
+    def _check_counts(cls, merged: Mapping[str, Any], keys: Sequence[str], zero: str) -> None:
+        """Thread and stream counts: integers >= 0, where 0 means ``zero``."""
+        for key in keys:
+            if not isinstance(merged[key], int) or merged[key] < 0:
+                raise ValueError(f"backend {cls.name!r}: {key} must be an integer >= 0 (0 = {zero})")
+
     @abc.abstractmethod
     def __init__(self, model: Path | bytes, *, options: Mapping[str, Any] | None = None) -> None: ...
 
+    # Set by each plugin's constructor from its loaded model.
+    _inputs: tuple[str, ...]
+    _outputs: tuple[str, ...]
+    _shapes: Mapping[str, tuple[int | None, ...]]
+
     @property
-    @abc.abstractmethod
     def input_names(self) -> tuple[str, ...]:
         """The model's input names, in model order."""
+        return self._inputs
 
     @property
-    @abc.abstractmethod
     def output_names(self) -> tuple[str, ...]:
         """The model's output names, in model order."""
+        return self._outputs
 
     @property
-    @abc.abstractmethod
     def input_shapes(self) -> Mapping[str, tuple[int | None, ...]]:
         """Each input's shape; ``None`` marks a dynamic dimension (the first is the batch)."""
+        return self._shapes
 
     @abc.abstractmethod
     def run(self, inputs: Mapping[str, FloatArray]) -> dict[str, FloatArray]:

@@ -51,9 +51,7 @@ class OrtSessionBackend(Backend):
                 f"backend {cls.name!r}: graph_optimization_level must be one of "
                 f"{', '.join(_OPT_LEVELS)}, got {merged['graph_optimization_level']!r}"
             )
-        for key in ("intra_op_num_threads", "inter_op_num_threads"):
-            if not isinstance(merged[key], int) or merged[key] < 0:
-                raise ValueError(f"backend {cls.name!r}: {key} must be an integer >= 0 (0 = all cores)")
+        cls._check_counts(merged, ("intra_op_num_threads", "inter_op_num_threads"), "all cores")
         return merged
 
     def __init__(self, model: Path | bytes, *, options: Mapping[str, Any] | None = None) -> None:
@@ -100,18 +98,6 @@ class OrtSessionBackend(Backend):
     def _providers(self, model: bytes) -> Sequence[ProviderSpec]:
         """The providers in priority order; the first is the one this backend stands for."""
         return [("CPUExecutionProvider", {})]
-
-    @property
-    def input_names(self) -> tuple[str, ...]:
-        return self._inputs
-
-    @property
-    def output_names(self) -> tuple[str, ...]:
-        return self._outputs
-
-    @property
-    def input_shapes(self) -> Mapping[str, tuple[int | None, ...]]:
-        return self._shapes
 
     def run(self, inputs: Mapping[str, FloatArray]) -> dict[str, FloatArray]:
         session = self._session

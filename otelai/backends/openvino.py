@@ -54,9 +54,7 @@ class OpenVinoBackend(Backend):
             raise ValueError(
                 f"backend {cls.name!r}: precision must be one of {', '.join(_PRECISIONS)}, got {merged['precision']!r}"
             )
-        for key in ("num_streams", "inference_num_threads"):
-            if not isinstance(merged[key], int) or merged[key] < 0:
-                raise ValueError(f"backend {cls.name!r}: {key} must be an integer >= 0 (0 = runtime default)")
+        cls._check_counts(merged, ("num_streams", "inference_num_threads"), "runtime default")
         return merged
 
     def __init__(self, model: Path | bytes, *, options: Mapping[str, Any] | None = None) -> None:
@@ -95,18 +93,6 @@ class OpenVinoBackend(Backend):
         if opts["inference_num_threads"]:
             config["INFERENCE_NUM_THREADS"] = int(opts["inference_num_threads"])
         return config
-
-    @property
-    def input_names(self) -> tuple[str, ...]:
-        return self._inputs
-
-    @property
-    def output_names(self) -> tuple[str, ...]:
-        return self._outputs
-
-    @property
-    def input_shapes(self) -> Mapping[str, tuple[int | None, ...]]:
-        return self._shapes
 
     def run(self, inputs: Mapping[str, FloatArray]) -> dict[str, FloatArray]:
         feed = as_float32(self.name, inputs, self._inputs)

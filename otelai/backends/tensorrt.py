@@ -188,18 +188,6 @@ class TensorRtBackend(Backend):
             self._buffers[name] = self._cuda.buffer(self._max_batch * int(np.prod(rest, dtype=np.int64)))
             self._context.set_tensor_address(name, self._buffers[name].ptr)
 
-    @property
-    def input_names(self) -> tuple[str, ...]:
-        return self._inputs
-
-    @property
-    def output_names(self) -> tuple[str, ...]:
-        return self._outputs
-
-    @property
-    def input_shapes(self) -> Mapping[str, tuple[int | None, ...]]:
-        return self._shapes
-
     def run(self, inputs: Mapping[str, FloatArray]) -> dict[str, FloatArray]:
         feed = as_float32(self.name, inputs, self._inputs)
         rows = {len(array) for array in feed.values()}

@@ -82,18 +82,6 @@ class TorchCudaBackend(Backend):
         }
         self._lock = threading.Lock()
 
-    @property
-    def input_names(self) -> tuple[str, ...]:
-        return self._inputs
-
-    @property
-    def output_names(self) -> tuple[str, ...]:
-        return self._outputs
-
-    @property
-    def input_shapes(self) -> Mapping[str, tuple[int | None, ...]]:
-        return self._shapes
-
     def run(self, inputs: Mapping[str, FloatArray]) -> dict[str, FloatArray]:
         feed = as_float32(self.name, inputs, self._inputs)
         torch = self._torch
