@@ -47,6 +47,7 @@ from opentelemetry.proto.metrics.v1 import metrics_pb2
 from opentelemetry.proto.resource.v1 import resource_pb2
 
 from otelai import __version__
+from otelai.signals import Signal, count_items
 
 # opentelemetry-sdk's _DEFAULT_EXPLICIT_BUCKET_HISTOGRAM_AGGREGATION_BOUNDARIES (milliseconds).
 DEFAULT_BOUNDARIES_MS: tuple[float, ...] = (
@@ -318,12 +319,19 @@ class DroppedSummaries:
 
         Returns ``b""`` when nothing was dropped in the interval (no request to send).
         """
+        return self.flush_counted(now_ns)[0]
+
+    def flush_counted(self, now_ns: int | None = None) -> tuple[bytes, int]:
+        """As :meth:`flush`, with the number of data points in the request."""
         end = time.time_ns() if now_ns is None else now_ns
         start = self.interval_start_ns
-        request = b"" if self.empty else self._request(start, end).SerializeToString()
+        data, points = b"", 0
+        if not self.empty:
+            request = self._request(start, end)
+            data, points = request.SerializeToString(), count_items(Signal.METRICS, request)
         self.interval_start_ns = end
         self._reset()
-        return request
+        return data, points
 
     def _request(self, start: int, end: int) -> metrics_service_pb2.ExportMetricsServiceRequest:
         request = metrics_service_pb2.ExportMetricsServiceRequest()

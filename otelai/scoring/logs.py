@@ -53,7 +53,7 @@ from otelai.features.wire import LEN, gather_fixed, tag, walk
 from otelai.pipeline import Payload
 from otelai.scoring.detection import default_scorer
 from otelai.scoring.scorer import Scored
-from otelai.signals import Signal, count_items
+from otelai.signals import Signal
 from otelai.telemetry.metrics import Metrics
 
 log = logging.getLogger("otelai.scoring")
@@ -407,10 +407,9 @@ class LogProcessor:
         """The summaries of dropped spans and records, when this stage flushes them."""
         if self._summaries is None or not self._flush_summaries or self._summaries.empty:
             return []
-        data = self._summaries.flush(now_ns)
+        data, points = self._summaries.flush_counted(now_ns)
         if not data:
             return []
-        points = count_items(Signal.METRICS, _metrics_request(data))
         return [Payload(Signal.METRICS, data, points, time.monotonic_ns())]
 
     def close(self) -> None:
@@ -432,9 +431,3 @@ def _readable(data: bytes) -> bool:
     except (ValueError, IndexError):
         return False
     return True
-
-
-def _metrics_request(data: bytes) -> Any:
-    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
-
-    return ExportMetricsServiceRequest.FromString(data)

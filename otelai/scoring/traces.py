@@ -346,19 +346,11 @@ class TraceProcessor:
     def tick(self, now_ns: int) -> list[Payload]:
         if self._summaries is None or not self._flush_summaries or self._summaries.empty:
             return []
-        data = self._summaries.flush(now_ns)
+        data, points = self._summaries.flush_counted(now_ns)
         self._summary_series.clear()  # summary ids are valid for one interval
         if not data:
             return []
-        return [Payload(Signal.METRICS, data, _points(data), time.monotonic_ns())]
+        return [Payload(Signal.METRICS, data, points, time.monotonic_ns())]
 
     def close(self) -> None:
         self.scorer.close()
-
-
-def _points(data: bytes) -> int:
-    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
-
-    from otelai.signals import count_items
-
-    return count_items(Signal.METRICS, ExportMetricsServiceRequest.FromString(data))
