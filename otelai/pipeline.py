@@ -73,7 +73,14 @@ class Pipeline:
         self._stopping = True
 
     async def submit(self, payload: Payload) -> Admission:
-        """Admit ``payload``; the answer is what the receiver tells the client."""
+        """Admit ``payload``; the answer is what the receiver tells the client. Never raises."""
+        try:
+            return await self._submit(payload)
+        except Exception:  # not acknowledged, so the client retries and nothing is lost
+            log.exception("pipeline failed to take a %s request", payload.signal.value)
+            return Admission.STOPPING
+
+    async def _submit(self, payload: Payload) -> Admission:
         if self._stopping:
             return Admission.STOPPING
         stage = self.stages.get(payload.signal)

@@ -153,19 +153,12 @@ class GrpcReceiver:
             await self._refuse(context, signal, refusal.reason, status.bad_request(refusal.message))
         if not decoded.empty:
             payload = Payload(signal, data, decoded.items, received_ns, decoded.request)
-            admission = await self._submit(payload)
+            admission = await self._pipeline.submit(payload)
             if admission is not Admission.ACCEPTED:
                 await self._refuse_admission(context, signal, admission)
         self._metrics.receiver_items.labels(signal.value).inc(decoded.items)
         self._metrics.receiver_bytes.labels(signal.value).inc(len(data))
         return self._success[signal]
-
-    async def _submit(self, payload: Payload) -> Admission:
-        try:
-            return await self._pipeline.submit(payload)
-        except Exception:  # not acknowledged, so the client retries and nothing is lost
-            log.exception("pipeline failed to take a %s request", payload.signal.value)
-            return Admission.STOPPING
 
     def _authorized(self, context: Any) -> bool:
         expected = self._expected_auth

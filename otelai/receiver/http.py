@@ -142,7 +142,7 @@ class HttpReceiver:
             return self._refusal_response(signal, refusal, request)
         if not decoded.empty:
             payload = Payload(signal, decoded.data, decoded.items, received_ns, decoded.request)
-            admission = await self._submit(payload)
+            admission = await self._pipeline.submit(payload)
             if admission is not Admission.ACCEPTED:
                 return self._refuse_admission(signal, admission, decoded.encoding)
         self._metrics.receiver_items.labels(signal.value).inc(decoded.items)
@@ -187,13 +187,6 @@ class HttpReceiver:
                 raise too_large(f"request body exceeds the limit of {limit} bytes")
             chunks.append(chunk)
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-    async def _submit(self, payload: Payload) -> Admission:
-        try:
-            return await self._pipeline.submit(payload)
-        except Exception:  # not acknowledged, so the client retries and nothing is lost
-            log.exception("pipeline failed to take a %s request", payload.signal.value)
-            return Admission.STOPPING
 
     def _refuse_admission(self, signal: Signal, admission: Admission, encoding: Encoding) -> web.Response:
         if admission is Admission.OVERLOADED:
