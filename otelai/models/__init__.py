@@ -1,0 +1,1 @@
+"""Model bundles and their lifecycle: the bundle format, training and evaluation per data set."""

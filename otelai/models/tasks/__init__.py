@@ -1,0 +1,1 @@
+"""One training/evaluation task per data set kind (see :mod:`otelai.models.task`)."""
