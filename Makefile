@@ -4,14 +4,18 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+# The labeled data sets (never in the repository): see ../shared/data/README.md.
+DATA ?= ../shared/data
 
-.PHONY: help install system-deps run test test-unit test-integration lint format bench clean
+.PHONY: help install system-deps run test test-unit test-integration lint format bench model evaluate clean
 
 help:
 	@echo "make run    - start otelai on its embedded default (OTLP gRPC :4317, HTTP :4318, metrics :9464)"
 	@echo "make test   - the whole test suite (unit + integration with real collectors and Prometheus)"
 	@echo "make lint   - ruff + mypy --strict"
 	@echo "make bench  - benchmarks, JSON results in benchmarks/results/"
+	@echo "make model  - retrain the shipped default model bundle (otelai/models/default) from DATA=$(DATA)"
+	@echo "make evaluate - train and evaluate on every data set in DATA, reports in benchmarks/results/quality/"
 
 # The venv is made on first use from pinned requirements; the stamp re-runs it when they change.
 $(STAMP): pyproject.toml requirements/dev.txt
@@ -58,6 +62,16 @@ bench: $(STAMP)
 	mkdir -p benchmarks/results
 	$(PY) benchmarks/parse_floor.py --out benchmarks/results/parse_floor.json
 	$(PY) benchmarks/hop.py --out benchmarks/results/hop.json
+
+# The default bundle: the trace detectors trained on the OpenTelemetry Demo's normal windows.
+model: $(STAMP)
+	@test -d $(DATA)/otel-demo || { echo "no data set at $(DATA)/otel-demo (set DATA=...)"; exit 2; }
+	rm -rf otelai/models/default.new
+	$(VENV)/bin/otelai train --dataset otel-demo --path $(DATA)/otel-demo --out otelai/models/default.new --seed 0
+	rm -rf otelai/models/default && mv otelai/models/default.new otelai/models/default
+
+evaluate: $(STAMP)
+	$(PY) benchmarks/quality.py --data $(DATA) --out benchmarks/results/quality
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache otelai-out benchmarks/results

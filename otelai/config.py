@@ -284,6 +284,17 @@ class PcaModel(_Model):
     refit_every: int = Field(default=1_000_000, ge=1)
 
 
+class ModelBundle(_Model):
+    """The trained model bundle (``otelai train``) the detectors start from.
+
+    ``path: ""`` takes the bundle shipped in the package (``make model`` rebuilds it); a
+    bundle whose feature schema differs from this otelai's is refused at start-up.
+    """
+
+    enabled: bool = True
+    path: str = ""
+
+
 class Scoring(_Model):
     """Scoring of every item: backends, batching, calibration, detectors."""
 
@@ -295,6 +306,8 @@ class Scoring(_Model):
     batching: Batching = Batching()
     calibration: Calibration = Calibration()
     pca: PcaModel = PcaModel()
+    model: ModelBundle = ModelBundle()
+    # The version tagged on items when no bundle is loaded (a bundle names its own).
     model_version: str = "builtin-0"
 
 
