@@ -148,7 +148,8 @@ class Bundle:
         if extra:
             detail.append(f"unknown here: {', '.join(extra)}")
         if not detail:
-            detail.append("same columns in another order")
+            same_order = tuple(spec.columns) == expected.names
+            detail.append("the same columns" if same_order else "the same columns in another order")
         raise BundleError(
             f"bundle {self.path}: the {name} models were trained on feature schema "
             f"{spec.name!r} version {spec.version!r}, this otelai computes version "
@@ -188,7 +189,7 @@ def load_bundle(
         manifest = Manifest.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
+        where = ".".join(str(part) for part in first["loc"]) or "top level"
         raise BundleError(f"bundle {root}: {MANIFEST}: {where}: {first['msg']}") from exc
     named = {d.file for model in manifest.signals.values() for d in model.detectors if d.file}
     for name in sorted(named - manifest.files.keys()):
@@ -216,7 +217,13 @@ def save_bundle(directory: str | os.PathLike[str], manifest: Manifest) -> Bundle
     final = manifest.model_copy(update={"files": files})
     text = json.dumps(final.model_dump(mode="json"), indent=2, sort_keys=False) + "\n"
     fd, tmp = tempfile.mkstemp(dir=root, prefix=".manifest-", suffix=".json")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, root / MANIFEST)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            # mkstemp creates the file private (0600); the service often runs as another user
+            os.fchmod(handle.fileno(), 0o644)
+            handle.write(text)
+        os.replace(tmp, root / MANIFEST)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return load_bundle(root)

@@ -1,0 +1,1 @@
+"""Evaluation of trained bundles: shared metrics (:mod:`.metrics`) and the report (:mod:`.report`)."""
