@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Mapping
@@ -110,7 +111,8 @@ class Manifest(_Model):
     otelai_version: str = __version__
     signals: dict[SignalName, SignalModel]
     training: list[Training] = []
-    metrics: dict[str, dict[str, float]] = {}  # dataset -> metric -> value
+    # dataset -> metric -> value; a metric without a finite value (no anomalies to find) is null
+    metrics: dict[str, dict[str, float | None]] = {}
     files: dict[str, str] = {}  # file name -> sha256 hex
 
 
@@ -215,7 +217,15 @@ def save_bundle(directory: str | os.PathLike[str], manifest: Manifest) -> Bundle
     root = Path(directory)
     files = {p.name: sha256(p) for p in sorted(root.iterdir()) if p.is_file() and p.name != MANIFEST}
     final = manifest.model_copy(update={"files": files})
-    text = json.dumps(final.model_dump(mode="json"), indent=2, sort_keys=False) + "\n"
+    metrics = {
+        dataset: {
+            key: (value if value is not None and math.isfinite(value) else None)
+            for key, value in values.items()
+        }
+        for dataset, values in final.metrics.items()
+    }
+    final = final.model_copy(update={"metrics": metrics})
+    text = json.dumps(final.model_dump(mode="json"), indent=2, allow_nan=False) + "\n"
     fd, tmp = tempfile.mkstemp(dir=root, prefix=".manifest-", suffix=".json")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
