@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 # Data set name -> module exposing ``batches(path, *, max_items)``; imported only when used.
 DATASETS: dict[str, str] = {
     "otel-demo": "otelai.replay.otel_demo",
+    "nab": "otelai.replay.nab",
 }
 
 DEFAULT_MAX_ITEMS = 512

@@ -1,0 +1,258 @@
+"""Streaming per-series novelty: new extremes of a series, and surges against its slow baseline.
+
+Two signals, both online and per series, with no training set (the Numenta Anomaly Benchmark
+setting: Lavin & Ahmad, "Evaluating Real-time Anomaly Detection Algorithms -- the Numenta
+Anomaly Benchmark", ICMLA 2015):
+
+- **Range novelty**, the "spatial anomaly" of Numenta's NAB detector (Ahmad, Lavin, Purdy & Agha,
+  "Unsupervised real-time anomaly detection for streaming data", Neurocomputing 2017): how far a
+  value lands outside everything its series has shown so far, in units of that range.
+- **Surprise** against an exponentially weighted mean and variance with a long half-life,
+  bias-corrected as in Adam (Kingma & Ba, ICLR 2015) so the first points are not over-scored, and
+  kept only where it beats the decayed maximum of its recent surprises by a margin (a refractory
+  period: a burst raises one alarm at its rising edge, not one per point).
+
+The score is ``max(e / (e + range_scale), z_weight * z / (z + z_scale))`` in [0, 1).
+
+Every step is closed-form over a batch: exponentially weighted sums are cumulative sums scaled by
+powers of the decay (chunked so the powers stay small), and the decayed running maximum is a
+cumulative maximum in log space. The only Python loop is over the series of a batch. The value
+is read back from the service's own ``value_slog`` feature (:mod:`otelai.features.metrics`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+
+from otelai.detectors.base import Detector, FloatArray
+
+if TYPE_CHECKING:
+    from otelai.detectors.registry import Serving
+    from otelai.models.bundle import Bundle, DetectorSpec
+
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+
+VALUE_COLUMN = "value_slog"
+_CHUNK = 256  # decay powers stay within d**-256: exact enough in float64 for any half-life >= 8
+_TINY = 1e-300
+
+
+@dataclass(slots=True)
+class _SeriesState:
+    """What one series carries between batches."""
+
+    seen: int = 0
+    low: float = math.inf
+    high: float = -math.inf
+    reference: float = 0.0  # subtracted before the weighted sums (less cancellation)
+    weight: float = 0.0  # sum of decay weights
+    first: float = 0.0  # weighted sum of (x - reference)
+    second: float = 0.0  # weighted sum of (x - reference)^2
+    peak: float = 0.0  # decayed maximum of past surprises
+
+
+def decode_slog(column: npt.NDArray[np.float32]) -> F64:
+    """Invert the signed log ``sign(x) log1p(|x|)`` of :mod:`otelai.features.metrics`."""
+    values = column.astype(np.float64)
+    decoded: F64 = np.sign(values) * np.expm1(np.abs(values))
+    return decoded
+
+
+def range_novelty(x: F64, state: _SeriesState, *, warmup: int, tolerance: float) -> F64:
+    """How far each value lands outside the range of all earlier values, in units of that range."""
+    high = np.maximum.accumulate(np.concatenate([[state.high], x]))[:-1]
+    low = np.minimum.accumulate(np.concatenate([[state.low], x]))[:-1]
+    width = high - low
+    finite = np.isfinite(width) & (width > 0)
+    safe = np.where(finite, width, 1.0)
+    excess = np.where(finite, np.maximum(x - high, low - x) / safe, 0.0)
+    seen = state.seen + np.arange(x.size)
+    novelty: F64 = np.where((seen >= warmup) & (excess > tolerance), excess, 0.0)
+    if x.size:
+        state.high, state.low = max(state.high, float(x.max())), min(state.low, float(x.min()))
+    return novelty
+
+
+def weighted_surprise(x: F64, state: _SeriesState, *, decay: float, warmup: int) -> F64:
+    """``|x - mean| / std`` against the decayed mean and variance of the earlier values."""
+    if state.seen == 0 and x.size:
+        state.reference = float(x[0])
+    y = x - state.reference
+    out = np.zeros(x.size, dtype=np.float64)
+    for start in range(0, x.size, _CHUNK):
+        part = y[start : start + _CHUNK]
+        steps = np.arange(part.size, dtype=np.float64)
+        grow, shrink = decay ** (-steps), decay**steps
+        # Sums before each point: the carried state decayed, plus the chunk's earlier points.
+        weight = shrink * (state.weight + np.concatenate([[0.0], np.cumsum(grow)[:-1]]))
+        first = shrink * (state.first + np.concatenate([[0.0], np.cumsum(part * grow)[:-1]]))
+        second = shrink * (state.second + np.concatenate([[0.0], np.cumsum(part * part * grow)[:-1]]))
+        ready = weight > 0
+        mean = np.divide(first, weight, out=np.zeros_like(first), where=ready)
+        var = np.maximum(np.divide(second, weight, out=np.zeros_like(second), where=ready) - mean**2, 0.0)
+        scale = np.maximum(np.sqrt(var), 1e-3 * np.abs(mean + state.reference) + 1e-9)
+        out[start : start + part.size] = np.where(ready, np.abs(part - mean) / scale, 0.0)
+        last = part.size - 1
+        # The sums before the next point: this chunk's last point in, everything one step older.
+        state.weight = decay * (weight[last] + 1.0)
+        state.first = decay * (first[last] + part[last])
+        state.second = decay * (second[last] + part[last] ** 2)
+    seen = state.seen + np.arange(x.size)
+    surprise: F64 = np.where(seen >= warmup, out, 0.0)
+    return surprise
+
+
+def refractory(z: F64, state: _SeriesState, *, decay: float, margin: float) -> F64:
+    """``z`` where it beats ``(1 + margin)`` times the decayed maximum of earlier ``z``, else 0."""
+    out = np.zeros(z.size, dtype=np.float64)
+    log_decay = math.log(decay)
+    for start in range(0, z.size, _CHUNK):
+        part = z[start : start + _CHUNK]
+        steps = np.arange(part.size, dtype=np.float64)
+        logs = np.log(np.maximum(part, _TINY)) - steps * log_decay
+        carried = math.log(max(state.peak, _TINY)) + log_decay  # the state, one step on
+        running = np.maximum.accumulate(np.concatenate([[carried], logs]))
+        before = np.exp(running[:-1] + steps * log_decay)  # decayed max of everything earlier
+        out[start : start + part.size] = np.where(part > before * (1.0 + margin), part, 0.0)
+        state.peak = float(np.exp(running[-1] + (part.size - 1) * log_decay))
+    return out
+
+
+class NoveltyDetector(Detector):
+    """Per-series range novelty and refractory surprise over metric points.
+
+    Parameters
+    ----------
+    columns
+        The feature schema's column names (``value_slog`` is read).
+    half_life
+        Points over which the surprise baseline forgets half its weight.
+    refractory_half_life
+        Points over which the refractory maximum halves.
+    margin
+        How much a surprise must beat the recent maximum to count.
+    range_scale, z_scale
+        Novelty and surprise giving a score of one half (before ``z_weight``).
+    z_weight
+        Weight of surprise against range novelty.
+    warmup
+        Points of a series before it is scored.
+    tolerance
+        Novelty below this share of the range is ignored (rounding of the float32 feature).
+    max_series
+        Series remembered; the least recently seen are forgotten beyond it.
+    """
+
+    name: ClassVar[str] = "novelty"
+
+    def __init__(
+        self,
+        columns: Sequence[str],
+        *,
+        half_life: float = 1500.0,
+        refractory_half_life: float = 100.0,
+        margin: float = 0.2,
+        range_scale: float = 0.05,
+        z_scale: float = 10.0,
+        z_weight: float = 0.5,
+        warmup: int = 30,
+        tolerance: float = 1e-4,
+        max_series: int = 100_000,
+    ) -> None:
+        if half_life < 8 or refractory_half_life < 1:
+            raise ValueError("need half_life >= 8 and refractory_half_life >= 1")
+        self.columns = tuple(columns)
+        self._value = self.columns.index(VALUE_COLUMN)
+        self.half_life = half_life
+        self.refractory_half_life = refractory_half_life
+        self.margin = margin
+        self.range_scale = range_scale
+        self.z_scale = z_scale
+        self.z_weight = z_weight
+        self.warmup = warmup
+        self.tolerance = tolerance
+        self.max_series = max_series
+        self._decay = 0.5 ** (1.0 / half_life)
+        self._refractory_decay = 0.5 ** (1.0 / refractory_half_life)
+        self._series: dict[int, _SeriesState] = {}
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """Hyperparameters under their constructor names (for the bundle)."""
+        return {
+            "half_life": self.half_life,
+            "refractory_half_life": self.refractory_half_life,
+            "margin": self.margin,
+            "range_scale": self.range_scale,
+            "z_scale": self.z_scale,
+            "z_weight": self.z_weight,
+            "warmup": self.warmup,
+            "tolerance": self.tolerance,
+        }
+
+    @classmethod
+    def from_spec(cls, bundle: Bundle, spec: DetectorSpec, serving: Serving) -> NoveltyDetector:
+        """Build from a bundle entry: the metrics schema's columns and ``spec.params``."""
+        model = bundle.signal("metrics")
+        if model is None:
+            from otelai.models.bundle import BundleError
+
+            raise BundleError(f"bundle {bundle.path}: detector {spec.name!r} needs a metrics section")
+        known = {"half_life", "refractory_half_life", "margin", "range_scale", "z_scale", "z_weight"}
+        known |= {"warmup", "tolerance", "max_series"}
+        params = {key: value for key, value in spec.params.items() if key in known}
+        return cls(model.feature_schema.columns, **params)
+
+    def learn_many(self, features: FloatArray) -> None:
+        """Nothing to learn apart from scoring: every scored point updates its series."""
+
+    def score_many(self, features: FloatArray) -> FloatArray:
+        """Scores of rows that all belong to one series, in time order (see :meth:`score_series`)."""
+        return self.score_series(np.zeros(len(features), dtype=np.int64), features)
+
+    def score_series(self, keys: I64, features: FloatArray) -> FloatArray:
+        """Scores of rows of many series (``keys``), each series' rows in time order.
+
+        Scoring advances each series' state: call it once per point, in the order they arrive.
+        """
+        scores = np.zeros(len(features), dtype=np.float32)
+        if not len(features):
+            return scores
+        values = decode_slog(np.asarray(features)[:, self._value])
+        order = np.argsort(keys, kind="stable")
+        sorted_keys = keys[order]
+        starts = np.flatnonzero(np.concatenate([[True], sorted_keys[1:] != sorted_keys[:-1]]))
+        ends = np.append(starts[1:], sorted_keys.size)
+        for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
+            rows = order[start:end]
+            scores[rows] = self._score_one(int(sorted_keys[start]), values[rows])
+        self._forget()
+        return scores
+
+    def _score_one(self, key: int, x: F64) -> F64:
+        state = self._series.pop(key, None) or _SeriesState()
+        self._series[key] = state  # most recently seen last (dicts keep insertion order)
+        finite = np.isfinite(x)
+        score = np.zeros(x.size, dtype=np.float64)
+        if finite.any():
+            x = x[finite]
+            novelty = range_novelty(x, state, warmup=self.warmup, tolerance=self.tolerance)
+            surprise = weighted_surprise(x, state, decay=self._decay, warmup=self.warmup)
+            surge = refractory(surprise, state, decay=self._refractory_decay, margin=self.margin)
+            state.seen += x.size
+            score[finite] = np.maximum(
+                novelty / (novelty + self.range_scale), self.z_weight * surge / (surge + self.z_scale)
+            )
+        return score
+
+    def _forget(self) -> None:
+        excess = len(self._series) - self.max_series
+        for key in list(self._series)[: max(excess, 0)]:
+            del self._series[key]

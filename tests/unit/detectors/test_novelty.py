@@ -1,0 +1,90 @@
+"""The per-series novelty detector: streaming, batch-size invariant, keyed by series."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from otelai.detectors.novelty import NoveltyDetector, decode_slog
+from otelai.detectors.registry import Serving
+from otelai.models.bundle import DetectorSpec, Manifest, SchemaSpec, SignalModel, save_bundle
+from otelai.scoring.metrics import SCHEMA
+
+VALUE = SCHEMA.index("value_slog")
+
+
+def rows(values: np.ndarray) -> np.ndarray:
+    features = np.zeros((values.size, SCHEMA.width), dtype=np.float32)
+    features[:, VALUE] = np.sign(values) * np.log1p(np.abs(values))
+    return features
+
+
+def series(seed: int, n: int = 600) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return 50.0 + 5.0 * np.sin(np.arange(n) / 20.0) + rng.standard_normal(n)
+
+
+def test_decode_inverts_the_feature() -> None:
+    values = np.array([-1e6, -3.5, 0.0, 0.25, 42.0, 7e8])
+    assert decode_slog(rows(values)[:, VALUE]) == pytest.approx(values, rel=1e-6)
+
+
+def test_spike_scores_far_above_normal_points() -> None:
+    values = series(0)
+    values[400] = 90.0  # far outside everything seen
+    scores = NoveltyDetector(SCHEMA.names).score_many(rows(values))
+    assert scores[:30].max() == 0.0  # warm-up
+    assert scores[400] > 0.9
+    assert np.quantile(np.delete(scores, 400)[30:], 0.99) < 0.5
+    assert ((scores >= 0) & (scores < 1)).all()
+
+
+def test_a_burst_alarms_at_its_rising_edge_only() -> None:
+    values = series(1)
+    values[300:320] += 30.0  # a surge that lasts 20 points
+    scores = NoveltyDetector(SCHEMA.names, range_scale=1e9).score_many(rows(values))  # surprise only
+    assert scores[300] > 0.2
+    assert np.count_nonzero(scores[301:320] > 0.2) <= 3
+
+
+@pytest.mark.parametrize("size", [1, 7, 256, 1000])
+def test_scores_do_not_depend_on_batch_size(size: int) -> None:
+    features = rows(series(2, 1000))
+    whole = NoveltyDetector(SCHEMA.names).score_many(features)
+    detector = NoveltyDetector(SCHEMA.names)
+    parts = np.concatenate([detector.score_many(features[i : i + size]) for i in range(0, 1000, size)])
+    assert parts == pytest.approx(whole, abs=1e-6)
+
+
+def test_series_keep_their_own_state_when_interleaved() -> None:
+    a, b = rows(series(3, 400)), rows(10.0 * series(4, 400))
+    alone_a = NoveltyDetector(SCHEMA.names).score_many(a)
+    alone_b = NoveltyDetector(SCHEMA.names).score_many(b)
+    detector = NoveltyDetector(SCHEMA.names)
+    keys = np.tile(np.array([11, 22], dtype=np.int64), 400)
+    mixed = np.empty((800, SCHEMA.width), dtype=np.float32)
+    mixed[0::2], mixed[1::2] = a, b
+    scores = np.concatenate(
+        [detector.score_series(keys[i : i + 64], mixed[i : i + 64]) for i in range(0, 800, 64)]
+    )
+    assert scores[0::2] == pytest.approx(alone_a, abs=1e-6)
+    assert scores[1::2] == pytest.approx(alone_b, abs=1e-6)
+
+
+def test_forgets_least_recently_seen_series() -> None:
+    detector = NoveltyDetector(SCHEMA.names, max_series=2)
+    for key in (1, 2, 3):
+        detector.score_series(np.array([key], dtype=np.int64), rows(np.array([1.0])))
+    assert sorted(detector._series) == [2, 3]
+
+
+def test_from_spec_reads_params_and_schema(tmp_path: pytest.TempPathFactory) -> None:
+    spec = DetectorSpec(name="n", kind="novelty", params={"half_life": 200.0, "threshold": 0.3})
+    manifest = Manifest(
+        name="t",
+        version="1",
+        signals={"metrics": SignalModel(feature_schema=SchemaSpec.of("metrics", SCHEMA), detectors=[spec])},
+    )
+    bundle = save_bundle(tmp_path, manifest)  # type: ignore[arg-type]
+    detector = NoveltyDetector.from_spec(bundle, spec, Serving())
+    assert detector.half_life == 200.0 and detector.columns == SCHEMA.names
