@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 DATASETS: dict[str, str] = {
     "otel-demo": "otelai.replay.otel_demo",
     "nab": "otelai.replay.nab",
+    "hdfs": "otelai.replay.hdfs",
+    "bgl": "otelai.replay.bgl",
 }
 
 DEFAULT_MAX_ITEMS = 512
