@@ -151,12 +151,13 @@ class EcdfCalibrator:
         # searching in arrival order (branch prediction and cache), sort included.
         flat = values.ravel()
         order = np.argsort(flat, kind="stable")
-        needles = flat[order]
+        needles = flat.take(order)
         ranks = np.searchsorted(self._sorted, needles, side="left")
         ranks += np.searchsorted(self._sorted, needles, side="right")
         scores: FloatArray = np.empty(flat.size, dtype=np.float64)
         scores[order] = ranks / (2.0 * self._filled)
-        scores[np.isnan(flat)] = np.nan
+        if needles.size and np.isnan(needles[-1]):  # NaNs sort last
+            scores[np.isnan(flat)] = np.nan
         return scores.reshape(values.shape)
 
     def quantile(self, q: float) -> float:

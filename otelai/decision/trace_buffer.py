@@ -203,8 +203,13 @@ class CriticalTraces:
             del self._expiry[key]
             self._dirty = True
         if self._dirty:
-            self._active = np.fromiter(self._expiry, dtype=np.uint64, count=len(self._expiry))
+            # Sorted once per change, then each batch is one binary search per key: np.isin
+            # would sort the followed keys again on every batch.
+            self._active = np.sort(np.fromiter(self._expiry, dtype=np.uint64, count=len(self._expiry)))
             self._dirty = False
-        if not len(self._active):
+        active = self._active
+        if not len(active):
             return np.zeros(len(keys), dtype=np.bool_)
-        return np.isin(keys, self._active)
+        slot = np.minimum(np.searchsorted(active, keys), len(active) - 1)
+        found: Bool = active.take(slot) == keys
+        return found

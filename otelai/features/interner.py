@@ -8,7 +8,11 @@ capped: past the cap, new names get :data:`OVERFLOW` and share the global baseli
 
 from __future__ import annotations
 
+import numpy as np
+from numpy.typing import NDArray
+
 OVERFLOW = -1
+UNKNOWN = -2  # from :meth:`Interner.hashed_operations`: a key not remembered yet
 UNKNOWN_SERVICE = "unknown_service"  # what the OpenTelemetry SDKs report when service.name is unset
 
 
@@ -31,6 +35,10 @@ class Interner:
         self._operations: dict[tuple[int, str], int] = {}
         self._operation_keys: list[tuple[int, str]] = []
         self.overflowed = 0  # lookups that got OVERFLOW, for a metric
+        # Operation ids by a reader's 64-bit hash of (service id, name), sorted by key: a batch
+        # whose operations are all known is looked up in a few numpy calls, no Python per name.
+        self._hashed_keys: NDArray[np.uint64] = np.zeros(0, dtype=np.uint64)
+        self._hashed_ids: NDArray[np.int32] = np.zeros(0, dtype=np.int32)
 
     def service(self, name: str) -> int:
         """The id of service ``name`` (``""`` counts as :data:`UNKNOWN_SERVICE`)."""
@@ -57,6 +65,30 @@ class Interner:
         self._operations[key] = len(self._operation_keys)
         self._operation_keys.append(key)
         return self._operations[key]
+
+    def hashed_operations(self, keys: NDArray[np.uint64]) -> NDArray[np.int32]:
+        """The operation id remembered for each key (:meth:`remember_hashed`), :data:`UNKNOWN` if none."""
+        stored = self._hashed_keys
+        if not stored.size:
+            return np.full(keys.size, UNKNOWN, dtype=np.int32)
+        slot = np.minimum(np.searchsorted(stored, keys), stored.size - 1)
+        found: NDArray[np.int32] = np.where(stored.take(slot) == keys, self._hashed_ids.take(slot), UNKNOWN)
+        return found.astype(np.int32, copy=False)
+
+    def remember_hashed(self, keys: NDArray[np.uint64], ids: NDArray[np.int32]) -> None:
+        """Remember operation ``ids`` under ``keys`` (unique, not remembered yet).
+
+        The caller guarantees a key stands for one (service id, name) for the life of this
+        interner (a 64-bit hash over the name's bytes). :data:`OVERFLOW` ids are not kept:
+        those names are looked up (and counted in ``overflowed``) every time.
+        """
+        keep = ids != OVERFLOW
+        if not keep.any():
+            return
+        merged_keys = np.concatenate((self._hashed_keys, keys[keep]))
+        merged_ids = np.concatenate((self._hashed_ids, ids[keep].astype(np.int32)))
+        order = np.argsort(merged_keys, kind="stable")
+        self._hashed_keys, self._hashed_ids = merged_keys.take(order), merged_ids.take(order)
 
     def service_name(self, service_id: int) -> str:
         """The name behind a service id (``""`` for :data:`OVERFLOW`)."""

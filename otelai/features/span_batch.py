@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from otelai.features.interner import Interner
+from otelai.features.interner import UNKNOWN, Interner
 from otelai.features.span_decoder import Decoder, compiled_reader
 from otelai.features.trace_layout import SpanLayout, locate_spans
 from otelai.features.wire import (
@@ -154,7 +154,9 @@ class SpanBatch:
                 columns = _decode(payloads, interner)
             except (ValueError, IndexError):  # WireError is a ValueError; find the bad request(s)
                 columns, failed = _decode_each(payloads, interner)
-        columns.update(_links(columns["trace_id"], columns["span_id"], columns.pop("parent_span_id")))
+        parent_span_id = columns.pop("parent_span_id")
+        if "parent_index" not in columns:
+            columns.update(_links(columns["trace_id"], columns["span_id"], parent_span_id))
         return _frozen(cls, columns, failed)
 
     @classmethod
@@ -194,11 +196,17 @@ def _decode_compiled(kernel: ModuleType, payloads: list[bytes], interner: Intern
         buf, names[:, 0].copy(), names[:, 1].copy(), service, found.name_hashes, interner
     )
     request = spans[:, 2]
+    has_parent = small[:, 9].astype(np.bool_)
+    parent, depth, children = kernel.links(found.ids, has_parent)
     return {
+        "is_root": ~has_parent,
+        "parent_index": parent,
+        "depth": depth,
+        "child_count": children,
         "trace_id": found.ids[:, 0:16].copy(),
         "span_id": found.ids[:, 16:24].copy(),
         "parent_span_id": found.ids[:, 24:32].copy(),
-        "has_parent": small[:, 9].astype(np.bool_),
+        "has_parent": has_parent,
         "start_unix_nano": found.times[:, 0].copy(),
         "duration_ns": found.times[:, 1].copy(),
         "status_code": small[:, 0].astype(np.int8),
@@ -501,13 +509,25 @@ def _operations(
 def _intern_operations(
     buf: U8, name_start: I64, name_end: I64, service: I64, name_hash: NDArray[np.uint64], interner: Interner
 ) -> NDArray[np.int32]:
-    """Operation ids; Python sees each distinct (service, name) once, in the order of their keys."""
+    """Operation ids; Python sees each distinct (service, name) once, in the order of their keys.
+
+    Keys of short names (a 64-bit hash of service id and name bytes) are remembered by the
+    interner, so a batch of known operations costs a lookup and no Python per name.
+    """
     length = name_end - name_start
     key = _mix(name_hash + service.astype(np.uint64))
     long_names = length > MAX_SHORT_NAME
+    operation_ids = interner.hashed_operations(key)
+    operation_ids[long_names] = UNKNOWN
+    missing = np.flatnonzero(operation_ids == UNKNOWN)
+    if not missing.size:
+        return operation_ids
+    key = key.take(missing)
+    long_missing = long_names.take(missing)
     # Long names are rare; they are grouped by their exact bytes rather than a prefix hash.
-    key[long_names] = np.arange(int(long_names.sum()), dtype=np.uint64) | np.uint64(1 << 63)
+    key[long_missing] = np.arange(int(long_missing.sum()), dtype=np.uint64) | np.uint64(1 << 63)
     unique, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    first = missing.take(first)
     # Plain ints and a memoryview: numpy scalars and array slices cost microseconds per name.
     data, operation = buf.data, interner.operation
     owners, starts, ends = (
@@ -521,7 +541,9 @@ def _intern_operations(
         dtype=np.int32,
         count=int(unique.size),
     )
-    operation_ids: NDArray[np.int32] = ids.take(inverse.reshape(-1))
+    short = ~long_names.take(first)
+    interner.remember_hashed(unique[short], ids[short])
+    operation_ids[missing] = ids.take(inverse.reshape(-1))
     return operation_ids
 
 

@@ -616,6 +616,108 @@ def _decode(data: Any, request_start: Any, request_end: Any, salts: Any) -> tupl
     return status, spans, _resized(services, m), ids, times, small, names, hashes
 
 
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+@_kernel
+def _id_key(ids: Any, row: int, at: int) -> Any:
+    """A 64-bit key of a row's trace id and the 8-byte span id at column ``at`` (hashing only)."""
+    trace_low, trace_high, span = np.uint64(0), np.uint64(0), np.uint64(0)
+    for i in range(8):
+        shift = np.uint64(8 * i)
+        trace_low |= np.uint64(ids[row, i]) << shift
+        trace_high |= np.uint64(ids[row, 8 + i]) << shift
+        span |= np.uint64(ids[row, at + i]) << shift
+    return _mix(trace_low ^ _mix(trace_high + _GOLDEN) ^ (span * _MIX1))
+
+
+@_kernel
+def _is_parent(ids: Any, candidate: int, row: int) -> bool:
+    """Whether ``candidate`` is in ``row``'s trace and its span id is ``row``'s parent span id."""
+    same = True
+    for i in range(24):  # the trace id against the trace id, the span id against the parent's
+        same = same and ids[candidate, i] == ids[row, i if i < 16 else i + 8]
+    return same
+
+
+@_jit
+def _links(ids: Any, has_parent: Any) -> tuple[Any, Any, Any]:
+    """Parent row, depth and child count of each span within the batch (span_batch._links).
+
+    The parent is the lowest other row with the same trace id whose span id is the parent
+    span id (found through an open-addressing table of id keys, confirmed byte for byte);
+    the depth counts hops to a root, -1 when the chain reaches a span without its parent in
+    the batch, or loops.
+    """
+    n = ids.shape[0]
+    size = 16
+    while size < 2 * n:
+        size *= 2
+    mask = size - 1
+    table = np.full(size, -1, dtype=np.int64)
+    keys = np.empty(n, dtype=np.uint64)
+    for row in range(n):
+        key = _id_key(ids, row, 16)
+        keys[row] = key
+        slot = np.int64(key & np.uint64(mask))
+        while table[slot] >= 0:
+            slot = (slot + 1) & mask
+        table[slot] = row
+    parent = np.full(n, -1, dtype=np.int64)
+    children = np.zeros(n, dtype=np.int32)
+    for row in range(n):
+        if not has_parent[row]:
+            continue
+        key = _id_key(ids, row, 24)
+        slot = np.int64(key & np.uint64(mask))
+        best = -1
+        while table[slot] >= 0:
+            candidate = table[slot]
+            if (
+                keys[candidate] == key
+                and candidate != row
+                and (best < 0 or candidate < best)
+                and _is_parent(ids, candidate, row)
+            ):
+                best = candidate
+            slot = (slot + 1) & mask
+        parent[row] = best
+        if best >= 0:
+            children[best] += 1
+    depth = np.full(n, -2, dtype=np.int64)  # -2: not known yet
+    path = np.empty(n, dtype=np.int64)
+    for row in range(n):
+        length, at = 0, row
+        while at >= 0 and depth[at] == -2:
+            depth[at] = -3  # on the current path: meeting it again is a loop
+            path[length] = at
+            length += 1
+            at = parent[at]
+        if at < 0:  # the top of the chain: a root counts 0, a span missing its parent -1
+            top = path[length - 1]
+            base = np.int64(0) if not has_parent[top] else np.int64(-1)
+            length -= 1
+            depth[top] = base
+        else:
+            base = depth[at] if depth[at] >= -1 else np.int64(-1)  # -3: a loop
+        for i in range(length - 1, -1, -1):
+            base = base + 1 if base >= 0 else np.int64(-1)
+            depth[path[i]] = base
+    out = np.empty(n, dtype=np.int16)
+    for row in range(n):
+        out[row] = min(depth[row], 32767)
+    return parent.astype(np.int32), out, children
+
+
+def links(ids: NDArray[np.uint8], has_parent: NDArray[np.bool_]) -> tuple[Any, Any, Any]:
+    """Parent row (int32, -1 none), depth (int16, -1 unknown) and child count (int32) of each span.
+
+    ``ids`` is :class:`Decoded`'s (n, 32) trace, span and parent span ids; ``has_parent``
+    whether the parent span id is valid. The columns of span_batch._links, bit for bit.
+    """
+    return _links(ids, has_parent)
+
+
 class Decoded(NamedTuple):
     """The kernel's output, one row a span (columns as in :func:`_read_spans`)."""
 
@@ -649,3 +751,4 @@ def warm_up() -> None:
     empty = np.zeros(0, dtype=np.int64)
     buf = np.frombuffer(bytes(64), dtype=np.uint8)  # read-only, as as_buffer's
     decode(buf, empty, empty, np.ones(MAX_SHORT_NAME // 8 + 3, dtype=np.uint64))
+    links(np.zeros((0, 32), dtype=np.uint8), np.zeros(0, dtype=np.bool_))

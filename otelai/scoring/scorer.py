@@ -21,6 +21,7 @@ import numpy.typing as npt
 
 from otelai.config import Calibration
 from otelai.decision.calibration import EcdfCalibrator
+from otelai.decision.severity import p_value_floor
 from otelai.detectors.base import Detector, FloatArray
 from otelai.features.schema import FeatureSchema
 
@@ -78,28 +79,65 @@ class Scorer:
     def warm(self) -> bool:
         return any(calibrator.warm for calibrator in self._calibrators)
 
-    def score(self, features: FloatArray) -> Scored:
+    @property
+    def p_floor(self) -> float:
+        """The smallest combined p-value (``1 - score``) the calibration windows attest now."""
+        windows = [
+            c.samples for d, c in zip(self.detectors, self._calibrators, strict=True) if d.ready and c.warm
+        ]
+        return p_value_floor(len(windows), max(windows, default=0))
+
+    def score(self, features: FloatArray, *, explain_above: float | None = None) -> Scored:
+        """Calibrated scores of ``features``, with the deciding detector and its top features.
+
+        ``explain_above``: find the top features only for rows scoring at least this much
+        (the others get -1): the reasons are read for anomalies alone, and ranking every
+        row's features costs more than scoring it.
+        """
         n = len(features)
         calibrated = np.zeros((len(self.detectors), n), dtype=np.float64)
         explained = np.full((len(self.detectors), n, self.top), -1, dtype=np.int64)
+        ready = [detector.ready for detector in self.detectors]
         for i, detector in enumerate(self.detectors):
-            if not detector.ready:
+            if not ready[i]:
                 continue
-            raw, reasons = detector.score_explain_many(features, self.top)
+            if explain_above is None:
+                raw, reasons = detector.score_explain_many(features, self.top)
+                explained[i, :, : reasons.shape[1]] = reasons[:, : self.top]
+            else:
+                raw = detector.score_many(features)
             # Against the window as it was before this batch, then learn it: a burst of
             # identical anomalies in one batch must not calibrate itself into normal.
             calibrated[i] = np.nan_to_num(self._calibrators[i].transform(raw), nan=0.0)
             self._calibrators[i].update(raw)
-            explained[i, :, : reasons.shape[1]] = reasons[:, : self.top]
-        voting = sum(1 for i, d in enumerate(self.detectors) if d.ready and self._calibrators[i].warm)
+        voting = sum(1 for i, warm in enumerate(ready) if warm and self._calibrators[i].warm)
         if voting:
             deciding = calibrated.argmax(axis=0)
             score = 1.0 - np.minimum(1.0, voting * (1.0 - calibrated.max(axis=0)))
         else:  # nothing calibrated yet: everything is normal
             deciding = np.zeros(n, dtype=np.int64)
             score = np.zeros(n, dtype=np.float64)
+        if explain_above is not None:
+            self._explain(features, ready, deciding, np.flatnonzero(score >= explain_above), explained)
         features_used = explained[deciding, np.arange(n)]
         return Scored(score=score, detector=deciding.astype(np.int64), features=features_used)
+
+    def _explain(
+        self,
+        features: FloatArray,
+        ready: list[bool],
+        deciding: npt.NDArray[np.intp],
+        rows: npt.NDArray[np.intp],
+        explained: npt.NDArray[np.int64],
+    ) -> None:
+        """Top features of ``rows`` by their deciding detector (a row's ranking is its own)."""
+        if not rows.size:
+            return
+        for i, detector in enumerate(self.detectors):
+            mine = rows[deciding.take(rows) == i]
+            if ready[i] and mine.size:
+                reasons = detector.explain_many(features[mine], self.top)
+                explained[i, mine, : reasons.shape[1]] = reasons[:, : self.top]
 
     def learn(self, features: FloatArray) -> None:
         """Teach the detectors with rows judged normal."""

@@ -35,7 +35,14 @@ from otelai.decision.actions import Alert, Alerter, MitigationHook
 from otelai.decision.assemble import Assembler
 from otelai.decision.severity import Severity, classify
 from otelai.decision.summaries import DroppedSummaries
-from otelai.decision.tagging import SPAN_ATTRIBUTES, tag_suffix, trace_state_field
+from otelai.decision.tagging import (
+    SELECTION_REASON,
+    SPAN_ATTRIBUTES,
+    field,
+    string_attribute,
+    tag_suffix,
+    trace_state_field,
+)
 from otelai.decision.trace_buffer import CriticalTraces, Recalled, TraceBuffer, trace_keys
 from otelai.features.interner import Interner
 from otelai.features.span_batch import SpanBatch
@@ -53,6 +60,7 @@ DROPPED, SAMPLED, CRITICAL_CONTEXT, ANOMALY = 0, 1, 2, 3
 REASONS = ("dropped", "sampled", "critical_context", "anomaly")
 SURPRISE_COLUMNS = ("latency_z", "error_surprise")
 MAX_ALERTS_PER_BATCH = 100
+_FAIL_OPEN_TAG = field(SPAN_ATTRIBUTES, string_attribute(SELECTION_REASON, "fail_open"))
 
 
 class TraceProcessor:
@@ -107,7 +115,8 @@ class TraceProcessor:
         self.critical = CriticalTraces(
             ttl=selection.critical_trace_ttl, max_traces=selection.max_critical_traces
         )
-        self._summary_series: dict[int, int] = {}
+        # Summary series id by operation id + 1 (-1: not interned yet; slot 0 for OVERFLOW).
+        self._summary_series = np.zeros(0, dtype=np.int64)
         self._summary_interval = -1  # the summaries interval the cached series ids belong to
 
     # -- the batch path -------------------------------------------------------------------
@@ -128,8 +137,8 @@ class TraceProcessor:
 
     def _select(self, payloads: Sequence[Payload], datas: list[bytes], batch: SpanBatch) -> list[Payload]:
         features, _ = span_features(batch, self.baselines)
-        scored = self.scorer.score(features)
-        severity = classify(scored.score, self._anomaly, self._critical)
+        scored = self.scorer.score(features, explain_above=self._anomaly)
+        severity = classify(scored.score, self._anomaly, self._critical, p_floor=self.scorer.p_floor)
         keys = trace_keys(batch.trace_id)
         critical_keys = np.unique(keys[severity == Severity.CRITICAL])
         self.critical.add(critical_keys)
@@ -205,19 +214,23 @@ class TraceProcessor:
         assert self._summaries is not None
         # The table may be shared and flushed by another stage: ids die with its interval.
         if self._summaries.interval_start_ns != self._summary_interval:
-            self._summary_series.clear()
+            self._summary_series = np.zeros(0, dtype=np.int64)
             self._summary_interval = self._summaries.interval_start_ns
-        unique, inverse = np.unique(operation_ids, return_inverse=True)
+        slots = np.asarray(operation_ids, dtype=np.int64) + 1  # OVERFLOW (-1) takes slot 0
         table = self._summary_series
-        ids = np.empty(len(unique), dtype=np.int64)
-        for i, operation in enumerate(unique.tolist()):
-            series = table.get(operation)
-            if series is None:
-                service, name = self.interner.operation_name(operation)
-                series = int(self._summaries.intern_spans([service], [name])[0])
-                table[operation] = series
-            ids[i] = series
-        return ids[inverse]
+        known = table.take(np.minimum(slots, table.size - 1)) if table.size else np.full(slots.size, -1)
+        missing = (known < 0) | (slots >= table.size)
+        if missing.any():
+            wanted = np.unique(slots[missing])
+            if int(wanted[-1]) >= table.size:
+                grown = np.full(max(2 * table.size, int(wanted[-1]) + 1, 64), -1, dtype=np.int64)
+                grown[: table.size] = table
+                table = self._summary_series = grown
+            for slot in wanted.tolist():
+                service, name = self.interner.operation_name(slot - 1)
+                table[slot] = int(self._summaries.intern_spans([service], [name])[0])
+            known = table.take(slots)
+        return known
 
     def _act(self, batch: SpanBatch, scored: Any, severity: Any) -> None:
         if self._alerter is None and self._mitigation is None:
@@ -258,30 +271,65 @@ class TraceProcessor:
             return []
         requests: list[Any] = [None] * len(payloads)
         assembler = Assembler("resource_spans", "scope_spans")
-        for row in kept.tolist():
-            r = int(batch.request[row])
-            request = requests[r]
-            if request is None:
-                request = requests[r] = payloads[r].request or ExportTraceServiceRequest.FromString(datas[r])
-            resource, scope, index = int(batch.resource[row]), int(batch.scope[row]), int(batch.index[row])
-            level = Severity(int(severity[row]))
-            anomalous = level is not Severity.NORMAL
-            span = request.resource_spans[resource].scope_spans[scope].spans[index]
-            threshold = self.threshold if code[row] == SAMPLED else 0
+        # Per kept span: its bytes, a suffix and its trace state. Normal spans (most of what
+        # is kept) share one suffix per selection reason; each scope's spans are reached once.
+        plain = {
+            reason: tag_suffix(
+                SPAN_ATTRIBUTES,
+                score=None,
+                severity=None,
+                reason=None,
+                model_version=None,
+                selection_reason=REASONS[reason],
+            )
+            for reason in (SAMPLED, CRITICAL_CONTEXT, ANOMALY)
+        }
+        states: dict[tuple[str, int], bytes] = {}
+        scopes: dict[tuple[int, int, int], Any] = {}
+        columns = zip(
+            kept.tolist(),
+            batch.request.take(kept).tolist(),
+            batch.resource.take(kept).tolist(),
+            batch.scope.take(kept).tolist(),
+            batch.index.take(kept).tolist(),
+            batch.span_start.take(kept).tolist(),
+            batch.span_end.take(kept).tolist(),
+            code.take(kept).tolist(),
+            severity.take(kept).tolist(),
+            strict=True,
+        )
+        for row, r, resource, scope, index, start, end, reason, level in columns:
+            group = (r, resource, scope)
+            spans = scopes.get(group)
+            if spans is None:
+                request = requests[r]
+                if request is None:
+                    request = requests[r] = payloads[r].request or ExportTraceServiceRequest.FromString(
+                        datas[r]
+                    )
+                spans = scopes[group] = request.resource_spans[resource].scope_spans[scope].spans
+            threshold = self.threshold if reason == SAMPLED else 0
+            trace_state = spans[index].trace_state
+            state = states.get((trace_state, threshold))
+            if state is None:
+                state = states[trace_state, threshold] = trace_state_field(
+                    sampling.with_threshold(trace_state, threshold)
+                )
             # Normal spans kept as a sample or as context carry only why they were kept
             # (severity normal is implied): a quarter of the tag bytes, on most of what is
             # forwarded, which keeps the forwarded bytes near the sample rate.
-            suffix = tag_suffix(
-                SPAN_ATTRIBUTES,
-                score=round(float(scored.score[row]), 4) if anomalous else None,
-                severity=level.tag if anomalous else None,
-                reason=self._reason(scored, row) if anomalous else None,
-                model_version=self._model_version if anomalous else None,
-                selection_reason=REASONS[int(code[row])],
-            )
-            state = sampling.with_threshold(span.trace_state, threshold)
-            body = datas[r][batch.span_start[row] : batch.span_end[row]]
-            assembler.add((r, resource, scope), body + suffix + trace_state_field(state))
+            if level == Severity.NORMAL:
+                suffix = plain[reason]
+            else:
+                suffix = tag_suffix(
+                    SPAN_ATTRIBUTES,
+                    score=round(float(scored.score[row]), 4),
+                    severity=Severity(level).tag,
+                    reason=self._reason(scored, row),
+                    model_version=self._model_version,
+                    selection_reason=REASONS[reason],
+                )
+            assembler.add(group, datas[r][start:end] + suffix + state)
         out: list[Payload] = []
         oldest = min(payload.received_ns for payload in payloads)
         if assembler.items:
@@ -328,16 +376,17 @@ class TraceProcessor:
         out = []
         for payload in payloads:
             try:
-                request = ExportTraceServiceRequest.FromString(payload.data)
+                # The receiver's parse when there is one: this payload is not read again.
+                request = payload.request or ExportTraceServiceRequest.FromString(payload.data)
             except Exception:  # unreadable: forward it as it came, the receiver accepted it
                 out.append(payload)
                 continue
+            # Merging the tag's encoded bytes is one call a span, a third of the cost of
+            # building the attribute field by field (the same bytes come out).
             for resource_spans in request.resource_spans:
                 for scope_spans in resource_spans.scope_spans:
                     for span in scope_spans.spans:
-                        attribute = span.attributes.add()
-                        attribute.key = "otelai.selection.reason"
-                        attribute.value.string_value = "fail_open"
+                        span.MergeFromString(_FAIL_OPEN_TAG)
             out.append(
                 Payload(Signal.TRACES, request.SerializeToString(), payload.items, payload.received_ns)
             )
@@ -347,7 +396,7 @@ class TraceProcessor:
         if self._summaries is None or not self._flush_summaries or self._summaries.empty:
             return []
         data, points = self._summaries.flush_counted(now_ns)
-        self._summary_series.clear()  # summary ids are valid for one interval
+        self._summary_series = np.zeros(0, dtype=np.int64)  # summary ids are valid for one interval
         if not data:
             return []
         return [Payload(Signal.METRICS, data, points, time.monotonic_ns())]

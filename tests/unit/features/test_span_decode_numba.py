@@ -248,3 +248,24 @@ def test_without_a_writable_cache_the_kernels_compile_uncached(
         jitted = kernel._jit(double)
     assert jitted(21) == 42
     assert "numba cache unavailable" in caplog.text
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(0, 300))
+def test_links_match_the_numpy_links(seed: int, n: int) -> None:
+    """Parents, depths and child counts alike on ids drawn from few values: duplicate spans,
+    ids shared across traces, missing parents, zero ids and loops all occur."""
+    rng = np.random.default_rng(seed)
+    traces = rng.integers(0, 256, size=(3, 16), dtype=np.uint8)
+    spans = rng.integers(0, 256, size=(max(2, n // 3), 8), dtype=np.uint8)
+    spans[0] = 0  # the invalid (all-zero) id, as a span id and as a parent id
+    trace_id = traces[rng.integers(0, 3, n)]
+    span_id = spans[rng.integers(0, len(spans), n)]
+    parent_span_id = spans[rng.integers(0, len(spans), n)]
+    ids = np.ascontiguousarray(np.concatenate([trace_id, span_id, parent_span_id], axis=1))
+    expected = span_batch._links(trace_id, span_id, parent_span_id)
+    parent, depth, children = kernel.links(ids, parent_span_id.any(axis=1))
+    np.testing.assert_array_equal(parent, expected["parent_index"])
+    np.testing.assert_array_equal(depth, expected["depth"])
+    np.testing.assert_array_equal(children, expected["child_count"])
+    assert (parent.dtype, depth.dtype, children.dtype) == (np.int32, np.int16, np.int32)
