@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from otelai.decision.severity import Severity, classify, tags
+from otelai.decision.calibration import EcdfCalibrator
+from otelai.decision.severity import Severity, classify, p_value_floor, tags
 
 
 def test_classify_thresholds_are_inclusive() -> None:
@@ -38,3 +39,38 @@ def test_equal_thresholds_have_no_anomaly_band() -> None:
 def test_invalid_thresholds(anomaly: float, critical: float) -> None:
     with pytest.raises(ValueError):
         classify(np.zeros(1), anomaly, critical)
+
+
+def test_a_level_the_window_cannot_attest_is_not_given() -> None:
+    scores = np.array([0.5, 0.996, 1.0, np.nan])
+    # Two detectors, windows of 1,024 scores: p >= 2/1025 attests "anomaly" (0.995), not "critical".
+    floor = p_value_floor(2, 1024)
+    assert classify(scores, 0.995, 0.9995, p_floor=floor).tolist() == [0, 1, 1, 0]
+    # Windows of 8,192 attest both; a floor of 0 trusts every score.
+    for trusted in (p_value_floor(2, 8192), 0.0):
+        assert classify(scores, 0.995, 0.9995, p_floor=trusted).tolist() == [0, 1, 2, 0]
+    # 100 scores attest neither level.
+    assert classify(scores, 0.995, 0.9995, p_floor=p_value_floor(2, 100)).tolist() == [0, 0, 0, 0]
+
+
+def test_the_floor_is_exact_at_a_threshold_written_in_decimal() -> None:
+    # 1 - 0.9995 is not 5e-4 in binary; a window of 1,999 scores (one detector) attests it exactly.
+    assert p_value_floor(1, 1999) == 1 / 2000
+    assert classify(np.array([1.0]), 0.99, 0.9995, p_floor=p_value_floor(1, 1999)).tolist() == [2]
+    assert classify(np.array([1.0]), 0.99, 0.9995, p_floor=p_value_floor(1, 1998)).tolist() == [1]
+
+
+def test_p_value_floor_without_calibration_attests_nothing() -> None:
+    assert p_value_floor(0, 5000) == 1.0
+    assert p_value_floor(2, 0) == 1.0
+    assert p_value_floor(3, 1) == 1.0
+
+
+def test_beyond_the_window_is_score_one_whatever_its_size() -> None:
+    """Why the floor is needed: the calibrated score of an item above everything in a window is 1.0
+    whether the window holds 1,024 scores or 8,192, so the score alone cannot tell how rare it is."""
+    rng = np.random.default_rng(3)
+    for size in (1024, 8192):
+        calibrator = EcdfCalibrator(window=size, sample_rate=1.0, min_samples=size, seed=0)
+        calibrator.update(rng.normal(size=size))
+        assert calibrator.transform(np.array([10.0])).tolist() == [1.0]

@@ -39,12 +39,13 @@ SERVICES = ("frontend", "cart", "payment")
 
 
 def make_config(extra: str = "") -> Config:
-    """Defaults but for small warm-ups (every score enters the calibration window)."""
+    """Defaults but for small warm-ups (every score enters the calibration window, which holds
+    enough scores for two detectors to attest "critical" at 0.9995: 2 / 4097 <= 5e-4)."""
     return load_config(
         text=f"""
 scoring:
   signals: [traces]
-  calibration: {{window: 2048, min_samples: 200, sample_rate: 1.0}}
+  calibration: {{window: 4096, min_samples: 200, sample_rate: 1.0}}
   pca: {{min_samples: 500}}
 selection:
   normal_sample_rate: {RATE}
