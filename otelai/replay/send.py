@@ -32,6 +32,8 @@ DATASETS: dict[str, str] = {
     "nab": "otelai.replay.nab",
     "hdfs": "otelai.replay.hdfs",
     "bgl": "otelai.replay.bgl",
+    "asd": "otelai.replay.asd",
+    "smd": "otelai.replay.smd",
 }
 
 DEFAULT_MAX_ITEMS = 512
