@@ -160,6 +160,21 @@ class EcdfCalibrator:
             scores[np.isnan(flat)] = np.nan
         return scores.reshape(values.shape)
 
+    def prime(self, quantiles: npt.ArrayLike) -> None:
+        """Fill the window from a stored ECDF (a model bundle's quantiles of normal scores).
+
+        The window then holds ``window`` values spread along that ECDF and is warm at once;
+        live traffic replaces them as it arrives, so the calibration follows the user's data.
+        """
+        table = np.asarray(quantiles, dtype=np.float64).ravel()
+        if table.size == 0:
+            return
+        grid = np.linspace(0.0, 1.0, self.window)
+        self._ring[:] = np.interp(grid, np.linspace(0.0, 1.0, table.size), np.sort(table))
+        self._filled = self.window
+        self._next = 0
+        self._sorted = None
+
     def quantile(self, q: float) -> float:
         """The raw score at quantile ``q`` of the window (NaN during warm-up)."""
         if not self.warm:

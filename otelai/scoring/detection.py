@@ -1,12 +1,15 @@
-"""The built-in detectors of a signal, from the configuration: a streaming-baseline surprise
-detector over the signal's per-key surprise columns, and the online PCA residual detector over
-all columns (Shyu et al., ICDM 2003; see :mod:`otelai.detectors.pca`), served by the first
-inference backend of ``scoring.backend`` that works here.
+"""The detectors of a signal: a streaming-baseline surprise detector over the signal's per-key
+surprise columns, plus either the trained detectors of the model bundle (when it has this
+signal, each calibrated from the bundle's quantiles so scoring is meaningful from the first
+batch) or, without one, the online PCA residual detector over all columns (Shyu et al., ICDM
+2003; see :mod:`otelai.detectors.pca`). Every graph is served by the first inference backend
+of ``scoring.backend`` that works here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from otelai.backends.select import FallbackCallback
 from otelai.config import Scoring as ScoringConfig
@@ -16,6 +19,9 @@ from otelai.detectors.surprise import SurpriseDetector
 from otelai.features.schema import FeatureSchema
 from otelai.scoring.scorer import Scorer
 
+if TYPE_CHECKING:
+    from otelai.models.bundle import Bundle, SignalName
+
 
 def default_scorer(
     schema: FeatureSchema,
@@ -23,6 +29,8 @@ def default_scorer(
     scoring: ScoringConfig,
     *,
     on_fallback: FallbackCallback | None = None,
+    bundle: Bundle | None = None,
+    signal: SignalName | None = None,
 ) -> Scorer:
     """A :class:`Scorer` over ``schema`` with the surprise detector and, if enabled, PCA.
 
@@ -36,8 +44,21 @@ def default_scorer(
         ``scoring`` section of the configuration (``pca``, ``backend``, ``calibration``).
     on_fallback
         Called on each inference backend fallback (``otelai_backend_fallbacks_total``).
+    bundle, signal
+        The model bundle and the signal whose trained detectors to use (checked against
+        ``schema`` at load time, :func:`otelai.models.serving.load_configured_bundle`).
     """
     detectors: list[Detector] = [SurpriseDetector(schema, surprise_columns)]
+    model = bundle.signal(signal) if bundle is not None and signal is not None else None
+    if bundle is not None and model is not None and model.detectors:
+        from otelai.detectors.registry import Serving, load_detector
+
+        serving = Serving(scoring.backend, scoring.backend_options, on_fallback)
+        trained = [load_detector(bundle, spec, serving) for spec in model.detectors]
+        scorer = Scorer(schema, [*detectors, *trained], scoring.calibration)
+        for index, spec in enumerate(model.detectors, start=len(detectors)):
+            scorer.prime(index, spec.calibration.quantiles)
+        return scorer
     pca = scoring.pca
     if pca.enabled:
         detectors.append(

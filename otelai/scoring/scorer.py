@@ -151,6 +151,10 @@ class Scorer:
         label = self.detectors[detector].name if self.detectors else "none"
         return f"{label}: {', '.join(names)}" if names else label
 
+    def prime(self, detector: int, quantiles: Sequence[float]) -> None:
+        """Start detector ``detector``'s calibration from stored quantiles (a model bundle's)."""
+        self._calibrators[detector].prime(quantiles)
+
     def close(self) -> None:
         for detector in self.detectors:
             detector.close()
