@@ -55,6 +55,9 @@ class Service:
     async def start(self) -> None:
         try:
             await self._start()
+        except StartupError:
+            await self._close_all()
+            raise
         except (OSError, ValueError, ExporterNotFoundError) as exc:
             await self._close_all()
             raise StartupError(f"cannot start: {exc}") from exc

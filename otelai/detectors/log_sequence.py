@@ -179,6 +179,11 @@ class LogSequenceDetector(Detector):
         result: F64 = -np.log(probability)
         return result
 
+    def event_counts(self, events: I64) -> F64:
+        """Times each event was learned, whatever its context (0 for one never learned)."""
+        empty = np.zeros((events.size, self.history), dtype=np.int64)
+        return _lookup(pair_keys(context_keys(empty, 0), events), self._pairs, self._pair_counts)
+
     def severity_surprise(self, severity: I64) -> F64:
         """``-ln P(severity >= s)`` on the records learned (add-one smoothed); 0 for unset."""
         at_least = np.cumsum(self._severity[::-1])[::-1]

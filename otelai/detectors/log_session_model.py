@@ -155,6 +155,9 @@ class LogSessionModel:
         self.counts = counts
         self.calibration = calibration
         self.session_key = session_key
+        # A model trained without end-of-session events (BGL's lines) has no opinion on an
+        # ending: scoring one would price every ending as unseen and flag every session.
+        self.scores_ends = bool(sequence.event_counts(np.array([END], dtype=np.int64))[0] > 0)
         self.sessions = Sessions(
             history=sequence.history,
             width=vocabulary.size,
@@ -226,13 +229,28 @@ class LogSessionModel:
         n = len(closed.keys)
         ends = np.full(n, END, dtype=np.int64)
         rows = LogSequenceDetector.rows(closed.windows, ends, np.zeros(n, dtype=np.int64))
-        end_surprise = self.sequence.score_many(rows).astype(np.float64)
-        parts = [ecdf(end_surprise, self.calibration[SEQUENCE_KIND])]
+        parts = []
+        end_surprise = np.zeros(n, dtype=np.float64)
+        if self.scores_ends and n:
+            end_surprise = self.sequence.score_many(rows).astype(np.float64)
+            parts.append(ecdf(end_surprise, self.calibration[SEQUENCE_KIND]))
         residual = np.zeros(n, dtype=np.float64)
         if self.counts is not None and n:
             residual = self.counts.score_many(closed.counts).astype(np.float64)
             parts.append(ecdf(residual, self.calibration[COUNTS_KIND]))
-        return SessionScores(closed.keys, bonferroni(*parts), end_surprise, residual)
+        score = bonferroni(*parts) if parts else np.zeros(n, dtype=np.float64)
+        return SessionScores(closed.keys, score, end_surprise, residual)
+
+    def session_parts(self, ended: SessionScores) -> tuple[F64, F64]:
+        """Calibrated end-of-session and count scores of ``ended`` (0 where not scored)."""
+        n = len(ended.keys)
+        end = np.zeros(n, dtype=np.float64)
+        counts = np.zeros(n, dtype=np.float64)
+        if self.scores_ends:
+            end = ecdf(ended.end_surprise, self.calibration[SEQUENCE_KIND])
+        if self.counts is not None:
+            counts = ecdf(ended.count_residual, self.calibration[COUNTS_KIND])
+        return end, counts
 
     def close_models(self) -> None:
         if self.counts is not None:

@@ -2,6 +2,13 @@
 
 The bundle is loaded once at start-up and checked against the feature schemas this otelai
 computes, so a stale bundle stops the start with a message instead of scoring garbage.
+
+The logs section may hold either of two kinds of model: per-record models over the rows of
+:data:`otelai.features.logs.SCHEMA` (schema name ``logs``), or session models
+(:mod:`otelai.detectors.log_session_model`, schema name ``log-sessions``) whose rows are a
+window of the ``h`` earlier templates of the record's session, ``h`` being a parameter of the
+bundle's next-event detector. Each is checked against what this otelai computes for it; a
+schema name it does not compute is refused.
 """
 
 from __future__ import annotations
@@ -10,9 +17,11 @@ from pathlib import Path
 
 from otelai.config import ModelBundle
 from otelai.features.schema import FeatureSchema
-from otelai.models.bundle import MANIFEST, Bundle, SignalName, load_bundle
+from otelai.models.bundle import MANIFEST, Bundle, BundleError, SignalModel, SignalName, load_bundle
 
 DEFAULT_BUNDLE = Path(__file__).resolve().parent / "default"
+LOG_RECORDS = "logs"  # schema name of per-record log models
+LOG_SESSIONS = "log-sessions"  # schema name of log session models
 
 
 def feature_schemas() -> dict[SignalName, FeatureSchema]:
@@ -38,9 +47,43 @@ def load_configured_bundle(settings: ModelBundle) -> Bundle | None:
     path = bundle_path(settings)
     if path is None:
         return None
-    from otelai.features.schema import FeatureSchema
+    schemas = feature_schemas()
+    bundle = load_bundle(path, {name: schema for name, schema in schemas.items() if name != "logs"})
+    logs = bundle.signal("logs")
+    if logs is not None:
+        bundle.check_schema("logs", log_schema(bundle, logs, schemas["logs"]))
+    return bundle
 
-    schemas = {
-        name: schema for name, schema in feature_schemas().items() if isinstance(schema, FeatureSchema)
-    }
-    return load_bundle(path, schemas)
+
+def log_schema(bundle: Bundle, model: SignalModel, records: FeatureSchema) -> FeatureSchema:
+    """The schema this otelai computes for the kind of logs model the bundle declares.
+
+    Raises
+    ------
+    BundleError
+        The schema name is not one this otelai computes, or a session model without a valid
+        context length ``history``.
+    """
+    name = model.feature_schema.name
+    if name == LOG_RECORDS:
+        return records
+    if name != LOG_SESSIONS:
+        raise BundleError(
+            f"bundle {bundle.path}: the logs models read feature schema {name!r}, which this otelai "
+            f"does not compute (it computes {LOG_RECORDS!r} and {LOG_SESSIONS!r}); "
+            "retrain it with `otelai train`"
+        )
+    from otelai.detectors.log_session_model import SEQUENCE_KIND, session_schema
+
+    histories = [spec.params.get("history") for spec in model.detectors if spec.kind == SEQUENCE_KIND]
+    if not histories:
+        raise BundleError(
+            f"bundle {bundle.path}: {LOG_SESSIONS!r} logs models without a {SEQUENCE_KIND!r} detector"
+        )
+    history = histories[0]
+    if isinstance(history, bool) or not isinstance(history, int) or history < 1:
+        raise BundleError(
+            f"bundle {bundle.path}: the {SEQUENCE_KIND!r} detector's params.history is {history!r}, "
+            "expected a positive integer"
+        )
+    return session_schema(history)

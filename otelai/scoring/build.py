@@ -1,8 +1,9 @@
 """Building the scoring stages of the service from its configuration.
 
 One :class:`~otelai.scoring.stage.ScoringStage` per scored signal, the local actions they
-share (alerts, the mitigation hook) and the summaries of what was dropped (one table for spans
-and log records, flushed by one stage so upstream gets one stream).
+share (alerts, the mitigation hook), the summaries of what was dropped (one table for spans
+and log records, flushed by one stage so upstream gets one stream) and the model bundle
+(``scoring.model``), loaded and checked once: a bundle that cannot be used stops the start.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Any
 from otelai.config import Config
 from otelai.decision.actions import Alerter, MitigationHook
 from otelai.decision.summaries import DroppedSummaries
+from otelai.models.bundle import Bundle, BundleError
+from otelai.models.serving import load_configured_bundle
 from otelai.pipeline import Pipeline
 from otelai.scoring.stage import Processor, ScoringStage
 from otelai.signals import Signal
@@ -25,11 +28,15 @@ _MODEL_INFO_INTERVAL = 5.0  # seconds between checks of which backend the models
 
 
 class Scoring:
-    """The scoring stages and their shared parts; started and stopped with the service."""
+    """The scoring stages and their shared parts; started and stopped with the service.
+
+    Raises :class:`~otelai.service.StartupError` if the configured model bundle cannot be used.
+    """
 
     def __init__(self, config: Config, pipeline: Pipeline, metrics: Metrics) -> None:
         self.config = config
         self._metrics = metrics
+        self.bundle = _bundle(config)
         self.summaries = _summaries(config)
         self.alerter = _alerter(config, metrics)
         self.mitigation = _mitigation(config, metrics)
@@ -40,7 +47,11 @@ class Scoring:
         order = sorted(config.scoring.signals, key=["traces", "logs", "metrics"].index)
         for name in order:
             signal = Signal(name)
-            processor = self._processor(signal, flush_summaries=not flushed)
+            try:
+                processor = self._processor(signal, flush_summaries=not flushed)
+            except BundleError as exc:  # its files load, but its models cannot be built
+                self._close_stages()
+                raise _startup_error(exc) from exc
             flushed = flushed or signal in (Signal.TRACES, Signal.LOGS)
             stage = ScoringStage(
                 processor, pipeline, config.scoring.batching, metrics, tick_interval=interval
@@ -81,6 +92,7 @@ class Scoring:
                 summaries=self.summaries,
                 flush_summaries=flush_summaries,
                 critical_traces=critical,
+                bundle=self.bundle,
                 **common,
             )
         from otelai.scoring.metrics import MetricProcessor
@@ -99,7 +111,10 @@ class Scoring:
 
     def _refresh_model_info(self) -> None:
         """``otelai_model_info{version, backend}`` names the backend in use, not the configured list."""
-        labels = (self.config.scoring.model_version, self.active_backend())
+        version = (
+            self.bundle.manifest.version if self.bundle is not None else self.config.scoring.model_version
+        )
+        labels = (version, self.active_backend())
         if labels != self._model_info:
             if self._model_info is not None:
                 self._metrics.model_info.remove(*self._model_info)
@@ -131,13 +146,31 @@ class Scoring:
             self._watcher = None
         for stage in self.stages.values():
             await stage.stop()
-            close = getattr(stage.processor, "close", None)
-            if close is not None:
-                close()
+        self._close_stages()
         if self.alerter is not None:
             await self.alerter.shutdown()
         if self.mitigation is not None:
             await self.mitigation.shutdown()
+
+    def _close_stages(self) -> None:
+        for stage in self.stages.values():
+            close = getattr(stage.processor, "close", None)
+            if close is not None:
+                close()
+
+
+def _startup_error(exc: BundleError) -> Exception:
+    from otelai.service import StartupError  # the service imports this module
+
+    return StartupError(f"cannot start: model bundle (scoring.model): {exc}")
+
+
+def _bundle(config: Config) -> Bundle | None:
+    """The configured model bundle, loaded once; StartupError if it cannot be used."""
+    try:
+        return load_configured_bundle(config.scoring.model)
+    except BundleError as exc:
+        raise _startup_error(exc) from exc
 
 
 def _summaries(config: Config) -> DroppedSummaries | None:

@@ -24,6 +24,24 @@ rarity (``-ln`` of its decayed frequency) and the template's and service's rate 
 fast over slow rate). The error columns (severity, keyword counts) and novelty flag are left to
 PCA: an error count is not a surprise (a service that always logs errors would score high
 forever), and a new template already shows as a high rarity.
+
+With a model bundle whose logs section holds session models (``log-sessions``: the DeepLog-
+style next-event model of :mod:`otelai.detectors.log_session_model`, trained by
+``otelai train --dataset hdfs|bgl``), the bundle's template miner is the processor's (template
+ids mean what they meant in training) and every record is also scored against the earlier
+records of its session (the session key is a log attribute named by the bundle). The two
+calibrated scores are two p-values, ``1 - score``, combined by the Bonferroni rule the
+:class:`~otelai.scoring.scorer.Scorer` applies to its own detectors: ``1 - min(1, k * min p)``,
+``k = 2`` once the online scorer is calibrated (1 before: the bundle's calibration is fixed and
+valid from the first record). The combination stays here rather than as one more detector of
+the Scorer because the bundle's detector reads other rows (session windows, not the feature
+row) and must not be recalibrated on live traffic: its calibration and thresholds come from
+held-out normal data. Each part is held to its own thresholds (the online scorer to
+``selection``'s, the bundle's model to the bundle's, which ``selection`` overrides when it sets
+them explicitly) and the higher severity wins, so the bundle keeps the precision and recall it
+was tuned to. When a session ends (idle, on the processor's tick) its end and template counts
+are scored; its records are long forwarded, so an anomalous session raises a local alert and
+counts in ``otelai_anomalies_total{signal="logs"}``.
 """
 
 from __future__ import annotations
@@ -39,7 +57,8 @@ from numpy.typing import NDArray
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
 from otelai.backends.select import FallbackCallback
-from otelai.config import Config
+from otelai.config import Config, Selection
+from otelai.config import Scoring as ScoringConfig
 from otelai.decision import sampling
 from otelai.decision.actions import Alert, Alerter, MitigationHook
 from otelai.decision.assemble import Assembler
@@ -47,9 +66,20 @@ from otelai.decision.severity import Severity, classify
 from otelai.decision.summaries import DroppedSummaries
 from otelai.decision.tagging import LOG_RECORD_ATTRIBUTES, tag_suffix
 from otelai.decision.trace_buffer import CriticalTraces, trace_keys
+from otelai.detectors.log_sequence import UNKNOWN
+from otelai.detectors.log_session_model import (
+    COUNTS_KIND,
+    SEQUENCE_KIND,
+    LogSessionModel,
+    RecordScores,
+    SessionScores,
+)
+from otelai.detectors.log_sessions import record_attribute
+from otelai.detectors.registry import Serving
 from otelai.features.logs import SCHEMA, LogBatch, LogState, log_features
 from otelai.features.otlp_layout import ItemLayout, ResourceCache, locate_items, range_hash
 from otelai.features.wire import LEN, gather_fixed, tag, walk
+from otelai.models.bundle import Bundle, BundleError
 from otelai.pipeline import Payload
 from otelai.scoring.detection import default_scorer
 from otelai.scoring.scorer import Scored
@@ -70,6 +100,7 @@ REASONS = ("dropped", "sampled", "critical_context", "anomaly", "anomaly")
 SURPRISE_COLUMNS = ("template_rarity", "template_surge", "service_surge")
 MAX_ALERTS_PER_BATCH = 100
 MAX_OPERATION_CHARS = 200  # an alert's operation is the template: keep labels short
+MAX_KEY_CHARS = 100  # a session key quoted in an alert's reason
 TRACE_ID = tag(9, LEN)  # LogRecord.trace_id (logs.proto)
 TRACE_ID_BYTES = 16
 _FAIL_OPEN = tag_suffix(
@@ -152,7 +183,12 @@ class LogProcessor:
         The traces stage's followed critical traces: records of those traces are forwarded as
         ``critical_context``. None: logs do not follow traces.
     state
-        Template miner, rates and service interner (fresh by default).
+        Template miner, rates and service interner (fresh by default; with a ``bundle`` of
+        session models, the bundle's miner is used).
+    bundle
+        The service's model bundle; its ``logs`` session models, if any, score records too
+        (see the module docstring). Raises :class:`~otelai.models.bundle.BundleError` if they
+        cannot be built.
     max_alerts_per_batch
         Alerts submitted per batch at most.
     clock
@@ -173,6 +209,7 @@ class LogProcessor:
         on_fallback: FallbackCallback | None = None,
         critical_traces: CriticalTraces | None = None,
         state: LogState | None = None,
+        bundle: Bundle | None = None,
         max_alerts_per_batch: int = MAX_ALERTS_PER_BATCH,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -193,6 +230,22 @@ class LogProcessor:
         self._model_version = scoring.model_version
         self.state = state or LogState()
         self.scorer = default_scorer(SCHEMA, SURPRISE_COLUMNS, scoring, on_fallback=on_fallback)
+        # Detector codes past the scorer's name the session model in reasons (order, unseen).
+        self._session_code = len(self.scorer.detectors)
+        self.sessions = _session_model(bundle, scoring, on_fallback)
+        self._session_anomaly, self._session_critical = self._anomaly, self._critical
+        self._session_reasons = ("", "")
+        self._session_names = (SEQUENCE_KIND, COUNTS_KIND)
+        self._session_service: dict[bytes, int] = {}
+        self._session_failed = False
+        if self.sessions is not None:
+            assert bundle is not None
+            self.state = self.sessions.state
+            self._model_version = bundle.manifest.version
+            self._session_anomaly, self._session_critical = _session_thresholds(bundle, selection)
+            self._session_names = _detector_names(bundle)
+            name = self._session_names[0]
+            self._session_reasons = (f"{name}: unexpected template", f"{name}: unseen template")
         self._containers = ResourceCache()
         # Summary series ids are valid for one summaries interval (until any stage flushes).
         self._series_cache: dict[int, int] = {}
@@ -230,9 +283,12 @@ class LogProcessor:
         return batch, records
 
     def _select(self, payloads: Sequence[Payload], batch: LogBatch, records: RecordBytes) -> list[Payload]:
-        features, _ = log_features(batch, self.state, now=self._clock())
+        now = self._clock()
+        features, _ = log_features(batch, self.state, now=now)
         scored = self.scorer.score(features)
         severity = classify(scored.score, self._anomaly, self._critical)
+        if self.sessions is not None:
+            scored, severity = self._with_sessions(batch, records, scored, severity, now)
         sampled = sampling.keep_mask(records.randomness(), self.threshold)
         follow = np.zeros(len(batch), dtype=np.bool_)
         if self._critical_traces is not None and records.has_trace.any():
@@ -246,6 +302,48 @@ class LogProcessor:
         self._count(batch, severity, code)
         self._act(batch, records, scored, severity)
         return self._assemble(payloads, batch, records, scored, severity, code)
+
+    def _with_sessions(
+        self, batch: LogBatch, records: RecordBytes, scored: Scored, severity: NDArray[np.int8], now: float
+    ) -> tuple[Scored, NDArray[np.int8]]:
+        """Scores and severities with the bundle's session model's verdicts combined in.
+
+        Fails open to the online scorer's verdicts alone: a bundle model that breaks must not
+        stop the records from being scored and forwarded.
+        """
+        model = self.sessions
+        assert model is not None
+        try:
+            keys = record_attribute(records.buf, records.start, records.end, model.session_key)
+            result = model.score_records(keys, batch.template_id, batch.severity.astype(np.int64), now)
+            # Which service each live session logs from, for its alert when it ends.
+            self._session_service.update(zip(keys, batch.service.tolist(), strict=True))
+        except Exception:
+            if not self._session_failed:  # once per run of failures: the hot path must not spam
+                log.exception("log session model failed; scoring with the online detectors alone")
+            self._session_failed = True
+            return scored, severity
+        self._session_failed = False
+        return self._combine(scored, severity, result, model)
+
+    def _combine(
+        self, scored: Scored, severity: NDArray[np.int8], result: RecordScores, model: LogSessionModel
+    ) -> tuple[Scored, NDArray[np.int8]]:
+        online = self.scorer.warm
+        session_severity = classify(result.score, self._session_anomaly, self._session_critical)
+        p_session = 1.0 - result.score
+        p_online = 1.0 - scored.score if online else np.ones_like(p_session)
+        k = 2 if online else 1
+        score = 1.0 - np.minimum(1.0, k * np.minimum(p_session, p_online))
+        decides = (session_severity > severity) | ((session_severity == severity) & (p_session <= p_online))
+        unseen = model.vocabulary.tokens(result.template_ids) == UNKNOWN
+        code = self._session_code + unseen.astype(np.int64)
+        combined = Scored(
+            score=score,
+            detector=np.where(decides, code, scored.detector),
+            features=np.where(decides[:, None], -1, scored.features),
+        )
+        return combined, np.maximum(severity, session_severity)
 
     def _count(self, batch: LogBatch, severity: NDArray[np.int8], code: NDArray[np.int8]) -> None:
         metrics, signal = self._metrics, self.signal.value
@@ -312,7 +410,69 @@ class LogProcessor:
             self._alerter.submit(alerts)
 
     def _reason(self, scored: Scored, row: int) -> str:
-        return self.scorer.reason(int(scored.detector[row]), scored.features[row].tolist())
+        detector = int(scored.detector[row])
+        if detector >= self._session_code:
+            return self._session_reasons[detector - self._session_code]
+        return self.scorer.reason(detector, scored.features[row].tolist())
+
+    # -- sessions that ended ---------------------------------------------------------------------
+
+    def end_sessions(self, now: float | None = None) -> SessionScores | None:
+        """End the bundle model's idle sessions, count and alert the anomalous ones.
+
+        Their records were forwarded (or dropped) when they arrived: a session's verdict can
+        only be told, as an alert and in ``otelai_anomalies_total``. None without session models
+        or when ending them failed (logged; the live sessions stay bounded by the next call).
+        """
+        model = self.sessions
+        if model is None:
+            return None
+        try:
+            ended = model.expire(self._clock() if now is None else now)
+            services = [self._session_service.pop(key, -1) for key in ended.keys]
+            if ended.keys:
+                self._session_verdicts(model, ended, services)
+        except Exception:
+            log.exception("ending log sessions failed")
+            return None
+        return ended
+
+    def _session_verdicts(self, model: LogSessionModel, ended: SessionScores, services: list[int]) -> None:
+        severity = classify(ended.score, self._session_anomaly, self._session_critical)
+        for level in (Severity.ANOMALY, Severity.CRITICAL):
+            count = int(np.count_nonzero(severity == level))
+            if count:
+                self._metrics.anomalies.labels(self.signal.value, level.tag).inc(count)
+        if self._alerter is None and self._mitigation is None:
+            return
+        rows = np.flatnonzero(severity >= Severity.ANOMALY)
+        if not rows.size:
+            return
+        rows = rows[np.argsort(-ended.score[rows], kind="stable")[: self._max_alerts]]
+        end, counts = model.session_parts(ended)
+        by_trace = model.session_key == "trace_id"
+        alerts = []
+        for row in rows.tolist():
+            key = ended.keys[row]
+            shown = key.hex() if by_trace else key.decode("utf-8", "replace")[:MAX_KEY_CHARS]
+            part = self._session_names[0] + ": session end"
+            if counts[row] > end[row]:
+                part = self._session_names[1] + ": template counts"
+            alert = Alert(
+                severity=Severity(int(severity[row])).tag,
+                signal=self.signal.value,
+                service=self.state.interner.service_name(services[row]),
+                # The alert's identity is low-cardinality: the key goes in the reason.
+                operation=f"{model.session_key} session"[:MAX_OPERATION_CHARS],
+                score=float(ended.score[row]),
+                reason=f"{part}; {model.session_key}={shown}",
+                trace_id=key.hex() if by_trace else "",
+            )
+            alerts.append(alert)
+            if self._mitigation is not None and severity[row] == Severity.CRITICAL:
+                self._mitigation.trigger(alert)
+        if self._alerter is not None:
+            self._alerter.submit(alerts)
 
     # -- building what is forwarded ------------------------------------------------------------
 
@@ -404,7 +564,9 @@ class LogProcessor:
         return out
 
     def tick(self, now_ns: int) -> list[Payload]:
-        """The summaries of dropped spans and records, when this stage flushes them."""
+        """End idle sessions (:meth:`end_sessions`); the summaries of dropped spans and
+        records, when this stage flushes them."""
+        self.end_sessions()
         if self._summaries is None or not self._flush_summaries or self._summaries.empty:
             return []
         data, points = self._summaries.flush_counted(now_ns)
@@ -413,7 +575,45 @@ class LogProcessor:
         return [Payload(Signal.METRICS, data, points, time.monotonic_ns())]
 
     def close(self) -> None:
+        # Live sessions are not scored: shutdown cut them short, and an early end is no evidence.
         self.scorer.close()
+        if self.sessions is not None:
+            self.sessions.close_models()
+
+
+def _session_model(
+    bundle: Bundle | None, scoring: ScoringConfig, on_fallback: FallbackCallback | None
+) -> LogSessionModel | None:
+    """The bundle's log session models, or None (no bundle, or no session models for logs)."""
+    model = bundle.signal("logs") if bundle is not None else None
+    if bundle is None or model is None or not any(spec.kind == SEQUENCE_KIND for spec in model.detectors):
+        return None
+    serving = Serving(
+        backend_order=tuple(scoring.backend),
+        backend_options=scoring.backend_options,
+        on_fallback=on_fallback,
+    )
+    try:
+        return LogSessionModel.from_bundle(bundle, serving)
+    except (OSError, ValueError, KeyError) as exc:  # unreadable state files
+        raise BundleError(f"bundle {bundle.path}: the logs session models cannot be loaded: {exc}") from exc
+
+
+def _session_thresholds(bundle: Bundle, selection: Selection) -> tuple[float, float]:
+    """The bundle's logs thresholds, except those the configuration sets explicitly."""
+    model = bundle.signal("logs")
+    assert model is not None
+    chosen = selection.model_fields_set
+    anomaly = selection.anomaly_threshold if "anomaly_threshold" in chosen else model.thresholds.anomaly
+    critical = selection.critical_threshold if "critical_threshold" in chosen else model.thresholds.critical
+    return anomaly, max(anomaly, critical)
+
+
+def _detector_names(bundle: Bundle) -> tuple[str, str]:
+    """Names of the bundle's next-event and count detectors, for reasons."""
+    model = bundle.signal("logs")
+    names = {spec.kind: spec.name for spec in model.detectors} if model is not None else {}
+    return names.get(SEQUENCE_KIND, SEQUENCE_KIND), names.get(COUNTS_KIND, COUNTS_KIND)
 
 
 def _parsed(payload: Payload) -> Any:

@@ -9,7 +9,10 @@ from otelai.telemetry.metrics import Metrics
 
 
 async def test_model_info_names_the_backend_in_use() -> None:
-    config = load_config(text="scoring: {signals: [traces], pca: {min_samples: 64}, model_version: v9}")
+    # No bundle: the version is the configured one (a loaded bundle names its own).
+    config = load_config(
+        text="scoring: {signals: [traces], pca: {min_samples: 64}, model_version: v9, model: {enabled: false}}"
+    )
     registry = CollectorRegistry()
     metrics = Metrics(registry)
     scoring = Scoring(config, Pipeline([], metrics), metrics)
