@@ -20,6 +20,9 @@ from otelai.features.spans import SpanBaselines
 _FIELDS = ("weight", "mean", "m2", "count", "last_tick", "last_time")
 
 
+BASELINES_FILE = "span_baselines.npz"  # the file name in a model bundle
+
+
 def save_span_baselines(path: str | os.PathLike[str], baselines: SpanBaselines, interner: Interner) -> None:
     """Write both baselines to ``path`` (.npz), keyed by operation names."""
     arrays: dict[str, np.ndarray] = {}

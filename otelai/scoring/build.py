@@ -79,6 +79,7 @@ class Scoring:
                 self._metrics,
                 summaries=self.summaries,
                 flush_summaries=flush_summaries,
+                bundle=self.bundle,
                 **common,
             )
         if signal is Signal.LOGS:

@@ -31,7 +31,9 @@ def test_calibrator_primed_from_quantiles_is_warm_and_matches_them() -> None:
     calibrator = EcdfCalibrator(window=1000, sample_rate=0.05, min_samples=500, seed=0)
     calibrator.prime(np.linspace(0.0, 10.0, 101))
     assert calibrator.warm
-    np.testing.assert_allclose(calibrator.transform([0.0, 5.0, 10.0, 20.0]), [0.0005, 0.5, 0.9995, 1.0], atol=2e-3)
+    np.testing.assert_allclose(
+        calibrator.transform([0.0, 5.0, 10.0, 20.0]), [0.0005, 0.5, 0.9995, 1.0], atol=2e-3
+    )
 
 
 def test_scorer_from_bundle_scores_outliers_from_its_first_batch(tmp_path: Path) -> None:
@@ -67,3 +69,58 @@ def test_scorer_from_bundle_scores_outliers_from_its_first_batch(tmp_path: Path)
         online.close()
     finally:
         scorer.close()
+
+
+def test_trace_processor_starts_from_a_traces_bundle(tmp_path: Path) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from otelai.config import Selection, load_config
+    from otelai.features.spans import SPAN_SCHEMA
+    from otelai.models.bundle import Thresholds
+    from otelai.scoring.traces import TraceProcessor
+    from otelai.telemetry.metrics import Metrics
+
+    rng = np.random.default_rng(0)
+    width = SPAN_SCHEMA.width
+    rows = rng.standard_normal((1000, width)).astype(np.float32)
+    trained = train_isolation_forest(rows, settings=ForestSettings(n_estimators=10), seed=1)
+    (tmp_path / "forest.onnx").write_bytes(trained.onnx)
+    spec = DetectorSpec(
+        name="forest",
+        kind="isolation_forest",
+        file="forest.onnx",
+        params=trained.params,
+        calibration=calibration_of(trained.score(rows)),
+    )
+    manifest = Manifest(
+        name="t",
+        version="traces-7",
+        signals={
+            "traces": SignalModel(
+                feature_schema=SchemaSpec.of("spans", SPAN_SCHEMA),
+                detectors=[spec],
+                thresholds=Thresholds(anomaly=0.99, critical=0.9999),
+            )
+        },
+    )
+    bundle = save_bundle(tmp_path, manifest)
+    config = load_config(None)
+    processor = TraceProcessor(config, Metrics(CollectorRegistry()), bundle=bundle)
+    try:
+        assert processor.scorer.warm
+        assert [d.name for d in processor.scorer.detectors][-1] == "isolation_forest"
+        assert (processor._anomaly, processor._critical, processor._model_version) == (
+            0.99,
+            0.9999,
+            "traces-7",
+        )
+    finally:
+        processor.close()
+    # A threshold set in the configuration wins over the bundle's.
+    selection = Selection.model_validate({"anomaly_threshold": 0.98})
+    explicit = config.model_copy(update={"selection": selection})
+    processor = TraceProcessor(explicit, Metrics(CollectorRegistry()), bundle=bundle)
+    try:
+        assert (processor._anomaly, processor._critical) == (0.98, 0.9999)
+    finally:
+        processor.close()
