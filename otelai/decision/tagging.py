@@ -14,6 +14,8 @@ from __future__ import annotations
 import struct
 from functools import lru_cache
 
+from otelai.features.otlp_layout import SkeletonRequest, parse_skeleton
+
 SCORE = "otelai.anomaly.score"
 SEVERITY = "otelai.anomaly.severity"
 REASON = "otelai.anomaly.reason"
@@ -115,3 +117,23 @@ _DOUBLE = struct.Struct("<d")
 def trace_state_field(trace_state: str) -> bytes:
     """A ``trace_state`` field; appended last, it replaces the span's earlier value."""
     return field(SPAN_TRACE_STATE, trace_state.encode())
+
+
+def tag_every_item(data: bytes, suffix: bytes) -> bytes:
+    """``data`` (an OTLP trace or logs export request) with ``suffix`` appended to every span
+    or log record, each item's bytes otherwise untouched.
+
+    The containers are read by upb into skeleton messages that hold each item as bytes
+    (:mod:`otelai.features.otlp_layout`), so no item is decoded or re-encoded; container
+    fields the skeleton does not declare (``schema_url``) are kept as unknown fields.
+    Raises :class:`~otelai.features.wire.WireError` when the request cannot be read.
+    """
+    request = parse_skeleton(SkeletonRequest, data)
+    for resources in request.resources:
+        for scopes in resources.scopes:
+            items = scopes.items
+            tagged = [item + suffix for item in items]
+            del items[:]
+            items.extend(tagged)
+    out: bytes = request.SerializeToString()
+    return out

@@ -26,8 +26,13 @@ baseline, which every value updates.
 
 from __future__ import annotations
 
+import importlib
+import logging
 import math
+import os
 from dataclasses import dataclass
+from functools import cache
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -37,6 +42,11 @@ F64 = NDArray[np.float64]
 I64 = NDArray[np.int64]
 IntArray = NDArray[np.int32] | NDArray[np.int64]
 FloatArray = NDArray[np.float32] | NDArray[np.float64]
+
+log = logging.getLogger("otelai.features")
+
+# "numpy" keeps the numpy merge even where numba is installed (tests compare the two).
+MERGE_ENV = "OTELAI_BASELINE_MERGE"
 
 
 @dataclass(frozen=True)
@@ -115,6 +125,9 @@ class EwBaseline:
             else (half_life * 10 if half_life is not None else None)
         )
         self._state = _empty_state()
+        self._table = np.zeros(0)  # lam ** m for the compiled merge
+        self._global_table = np.zeros(0)  # the same for the global baseline's half-life
+        self._scratch = np.zeros(0, dtype=np.int32)  # the compiled merge's per-row scratch
 
     def __len__(self) -> int:
         return int(self._state.keys.size)
@@ -193,13 +206,7 @@ class EwBaseline:
             return
         state = self._state
         tick = state.tick + 1
-        global_stats = _merge_global(
-            state.global_stats,
-            self._clipped_global(values_),
-            self.global_half_life,
-            self.half_life_seconds,
-            now,
-        )
+        global_stats = self._merge_global(values_, now)
         stored = keys_ >= 0
         state = self._merge_keys(state, keys_[stored], values_[stored], tick, now)
         self._state = BaselineState(
@@ -213,6 +220,30 @@ class EwBaseline:
             global_stats=global_stats,
             tick=tick,
         )
+
+    def _merge_global(self, values: F64, now: float) -> F64:
+        kernel = _compiled()
+        if kernel is None:
+            return _merge_global(
+                self._state.global_stats,
+                self._clipped_global(values),
+                self.global_half_life,
+                self.half_life_seconds,
+                now,
+            )
+        weight, mean, m2, count, last_time = self._state.global_stats
+        low, high = -math.inf, math.inf
+        if self.clip is not None and count >= self.min_count and weight > 0:
+            bound = self.clip * math.sqrt(m2 / weight)
+            low, high = mean - bound, mean + bound
+        if self._global_table.size <= values.size:
+            self._global_table = _powers(max(2 * values.size, 1024), self.global_half_life)
+        total, batch_mean, batch_m2 = kernel.global_sums(values, self._global_table, low, high)
+        factor = float(self._global_table[values.size])
+        if self.half_life_seconds is not None and count > 0:
+            factor *= 2.0 ** (-max(now - last_time, 0.0) / self.half_life_seconds)
+        w, m, s = _merge_scalar(weight * factor, mean, m2 * factor, total, batch_mean, batch_m2)
+        return np.array([w, m, s, count + values.size, now])
 
     def _clipped_global(self, values: F64) -> F64:
         weight, mean, m2, count, _ = self._state.global_stats
@@ -238,18 +269,28 @@ class EwBaseline:
     ) -> BaselineState:
         if keys.size == 0:
             return state
-        unique, group = np.unique(keys, return_inverse=True)
-        group = group.reshape(-1)
-        state = _with_keys(state, unique)  # adds missing keys with zero weight
-        slot = np.searchsorted(state.keys, unique)
+        kernel = _compiled()
+        if kernel is not None and self.half_life_seconds is None:
+            return self._evict(self._merge_compiled(kernel, state, keys, values, tick, now))
+        runs = _Runs.of(keys)
+        # Items are taken in key order (stable: arrival order within a key), so every per-key
+        # sum below adds the same terms in the same order as one in arrival order would.
+        values = values.take(runs.order)
+        unique, group = runs.unique, runs.group
+        slot, found = self._slots(unique)
+        if not found.all():
+            state = _with_keys(state, unique[~found])  # adds missing keys with zero weight
+            slot = np.searchsorted(state.keys, unique)
         old_weight, old_mean, old_m2 = state.weight.take(slot), state.mean.take(slot), state.m2.take(slot)
         old_count = state.count.take(slot)
         if self.clip is not None:
-            trusted = (old_count >= self.min_count).take(group)
-            bound = self.clip * np.sqrt(old_m2 / np.maximum(old_weight, 1e-300)).take(group)
-            centre = old_mean.take(group)
-            values = np.where(trusted, np.clip(values, centre - bound, centre + bound), values)
-        per_item, carried = _decay(group, unique.size, self.half_life)
+            trusted = old_count >= self.min_count
+            if trusted.any():
+                bound = (self.clip * np.sqrt(old_m2 / np.maximum(old_weight, 1e-300))).repeat(runs.size)
+                centre = old_mean.repeat(runs.size)
+                clipped = np.clip(values, centre - bound, centre + bound)
+                values = np.where(trusted.repeat(runs.size), clipped, values)
+        per_item, carried = runs.decay(self.half_life)
         if self.half_life_seconds is not None:
             elapsed = np.maximum(now - state.last_time.take(slot), 0.0)
             carried = carried * np.exp2(-elapsed / self.half_life_seconds)
@@ -262,10 +303,30 @@ class EwBaseline:
         # In place: the state's arrays are private (snapshots copy them), and copying the
         # whole table on every batch would cost O(max_keys) per batch.
         state.weight[slot], state.mean[slot], state.m2[slot] = weight, mean, m2
-        state.count[slot] = old_count + np.bincount(group, minlength=unique.size)
+        state.count[slot] = old_count + runs.size
         state.last_tick[slot] = tick
         state.last_time[slot] = now
         return self._evict(state)
+
+    def _merge_compiled(
+        self, kernel: Any, state: BaselineState, keys: I64, values: F64, tick: int, now: float
+    ) -> BaselineState:
+        """:meth:`_merge_keys` by the compiled kernel (count decay only; same results)."""
+        if self._table.size <= keys.size:
+            self._table = _powers(max(2 * keys.size, 1024), self.half_life)
+        clip = -1.0 if self.clip is None else float(self.clip)
+        for attempt in range(2):
+            if self._scratch.size != state.keys.size:
+                self._scratch = np.full(state.keys.size, -1, dtype=np.int32)
+            missing = kernel.merge_keys(
+                state.keys, state.weight, state.mean, state.m2, state.count, state.last_tick,
+                state.last_time, self._scratch, keys, values, self._table, clip, self.min_count, tick, now,
+            )  # fmt: skip
+            if not missing or attempt:
+                break
+            _, found = self._slots(keys)
+            state = _with_keys(state, np.unique(keys[~found]))
+        return state
 
     def _evict(self, state: BaselineState) -> BaselineState:
         if state.keys.size <= self.max_keys:
@@ -275,6 +336,26 @@ class EwBaseline:
         order = np.lexsort((-state.count, -state.last_tick))  # newest first, then most seen
         keep = np.sort(order[:keep_count])
         return _select(state, keep)
+
+
+@cache
+def _compiled() -> Any:
+    """The compiled merge module, or None (numba missing or ``OTELAI_BASELINE_MERGE=numpy``)."""
+    if os.environ.get(MERGE_ENV, "auto") == "numpy":
+        return None
+    try:
+        return importlib.import_module("otelai.features.baseline_numba")
+    except Exception as exc:  # numba missing or broken: the numpy merge gives the same results
+        log.info("numba not available, baselines merge with numpy", extra={"error": str(exc)})
+        return None
+
+
+def _powers(size: int, half_life: float | None) -> F64:
+    """``lam ** m`` for ``m`` in ``0..size``, by numpy's exp as the numpy merge computes it."""
+    if half_life is None:
+        return np.ones(size + 1)
+    powers: F64 = np.exp(np.arange(size + 1, dtype=np.int64) * (-math.log(2.0) / half_life))
+    return powers
 
 
 def _empty_state() -> BaselineState:
@@ -310,11 +391,8 @@ def _select(state: BaselineState, rows: I64) -> BaselineState:
     )
 
 
-def _with_keys(state: BaselineState, keys: I64) -> BaselineState:
-    """``state`` with zero-weight rows for those of ``keys`` (sorted, unique) it lacks."""
-    missing = np.setdiff1d(keys, state.keys, assume_unique=True)
-    if missing.size == 0:
-        return state
+def _with_keys(state: BaselineState, missing: I64) -> BaselineState:
+    """``state`` with zero-weight rows for ``missing`` (sorted, unique, none of them stored)."""
     at = np.searchsorted(state.keys, missing)
     zeros_f, zeros_i = np.zeros(missing.size), np.zeros(missing.size, dtype=np.int64)
     return BaselineState(
@@ -330,22 +408,39 @@ def _with_keys(state: BaselineState, keys: I64) -> BaselineState:
     )
 
 
-def _decay(group: I64, groups: int, half_life: float | None) -> tuple[F64, F64]:
-    """Per-item weights within each group's run, and the factor carried onto the old state.
+class _Runs:
+    """A batch's keys grouped by one stable sort: each key's run of items, in arrival order.
 
-    The last item of a run has weight 1, the one before ``lam``, and so on; the old state,
-    ``m`` items back, is carried with ``lam ** m``.
+    ``order`` sorts the items by key (arrival order within a key); ``unique`` holds the keys
+    in ascending order, ``size`` the items of each, ``group`` each sorted item's key index.
     """
-    size = np.bincount(group, minlength=groups)
-    if half_life is None:
-        return np.ones(group.size), np.ones(groups)
-    order = np.argsort(group, kind="stable")
-    first = np.cumsum(size) - size
-    rank = np.empty(group.size, dtype=np.int64)
-    rank[order] = np.arange(group.size) - np.repeat(first, size)  # 0-based, arrival order
-    after = size.take(group) - 1 - rank  # items of the same key that arrived later
-    log_lam = -math.log(2.0) / half_life
-    return np.exp(after * log_lam), np.exp(size * log_lam)
+
+    __slots__ = ("group", "order", "size", "unique")
+
+    def __init__(self, order: I64, unique: I64, size: I64, group: I64) -> None:
+        self.order, self.unique, self.size, self.group = order, unique, size, group
+
+    @classmethod
+    def of(cls, keys: I64) -> _Runs:
+        order = np.argsort(keys, kind="stable")
+        ordered = keys.take(order)
+        starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
+        size = np.diff(np.append(starts, ordered.size))
+        group = np.repeat(np.arange(starts.size), size)
+        return cls(order, ordered.take(starts), size, group)
+
+    def decay(self, half_life: float | None) -> tuple[F64, F64]:
+        """Per-item weights (items in key order) and the factor carried onto each key's state.
+
+        The last item of a run has weight 1, the one before ``lam``, and so on; the old state,
+        ``m`` items back, is carried with ``lam ** m``.
+        """
+        if half_life is None:
+            return np.ones(self.group.size), np.ones(self.size.size)
+        ends = np.cumsum(self.size)
+        after = ends.repeat(self.size) - 1 - np.arange(self.group.size)  # later items of the key
+        log_lam = -math.log(2.0) / half_life
+        return np.exp(after * log_lam), np.exp(self.size * log_lam)
 
 
 def _group_stats(group: I64, groups: int, values: F64, weight: F64) -> tuple[F64, F64, F64]:
@@ -373,12 +468,34 @@ def _merge_global(
     stats: F64, values: F64, half_life: float | None, half_life_seconds: float | None, now: float
 ) -> F64:
     weight, mean, m2, count, last_time = stats
-    per_item, carried = _decay(np.zeros(values.size, dtype=np.int64), 1, half_life)
-    factor = float(carried[0])
+    n = values.size
+    if half_life is None:
+        per_item, factor = np.ones(n), 1.0
+    else:
+        log_lam = -math.log(2.0) / half_life
+        per_item = np.exp(np.arange(n - 1, -1, -1, dtype=np.int64) * log_lam)
+        factor = float(np.exp(np.array([n]) * log_lam)[0])
     if half_life_seconds is not None and count > 0:
         factor *= 2.0 ** (-max(now - last_time, 0.0) / half_life_seconds)
-    total, batch_mean, batch_m2 = _group_stats(np.zeros(values.size, dtype=np.int64), 1, values, per_item)
-    w, m, s = _merge(
-        np.array([weight * factor]), np.array([mean]), np.array([m2 * factor]), total, batch_mean, batch_m2
-    )
-    return np.array([w[0], m[0], s[0], count + values.size, now])
+    # One group: sums in arrival order, as np.bincount adds (np.sum would add pairwise).
+    total = float(np.cumsum(per_item)[-1])
+    batch_mean = float(np.cumsum(per_item * values)[-1]) / total
+    deviation = values - batch_mean
+    batch_m2 = float(np.cumsum(per_item * deviation * deviation)[-1])
+    w, m, s = _merge_scalar(weight * factor, mean, m2 * factor, total, batch_mean, batch_m2)
+    return np.array([w, m, s, count + n, now])
+
+
+def _merge_scalar(
+    weight_a: float, mean_a: float, m2_a: float, weight_b: float, mean_b: float, m2_b: float
+) -> tuple[float, float, float]:
+    """:func:`_merge` of one pair of summaries, in Python floats (same operations, same order)."""
+    weight = weight_a + weight_b
+    delta = mean_b - mean_a
+    share_b = weight_b / max(weight, 1e-300)
+    return weight, mean_a + delta * share_b, m2_a + m2_b + delta * delta * weight_a * share_b
+
+
+def warm_up() -> None:
+    """Compile (or load from numba's cache) the merge kernels now, not on the first batch."""
+    EwBaseline().update(np.array([0, 1], dtype=np.int64), np.array([1.0, 2.0]))

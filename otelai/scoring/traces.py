@@ -45,6 +45,7 @@ from otelai.decision.tagging import (
     trace_state_field,
 )
 from otelai.decision.trace_buffer import CriticalTraces, Recalled, TraceBuffer, trace_keys
+from otelai.features.baseline import warm_up as baseline_warm_up
 from otelai.features.interner import Interner
 from otelai.features.span_batch import SpanBatch
 from otelai.features.span_decoder import prepare_decoder
@@ -112,6 +113,7 @@ class TraceProcessor:
         self.interner = Interner()
         # Compile (or load from numba's cache) the span reader now, not on the first batch.
         self.span_decoder = prepare_decoder()
+        baseline_warm_up()
         self.baselines = SpanBaselines.create()
         self.scorer = default_scorer(
             SPAN_SCHEMA, SURPRISE_COLUMNS, scoring, on_fallback=on_fallback, bundle=bundle, signal="traces"

@@ -46,7 +46,7 @@ ANOMALY = Selection().anomaly_threshold  # the defaults
 SERVICES = ("frontend", "cart", "payment")
 SLOW, FAILING, NEW_ERROR = "cart/HGET", "payment/PaymentService/Charge", "cart/CartService/GetCart"
 WARM_UP = 1500  # traces
-ERROR_FEATURES = ("error_surprise", "is_error", "has_exception", "grpc_error")
+ERROR_FEATURES = ("error_surprise", "is_error", "has_exception", "grpc_error", "http_5xx")
 
 # (service, span name, kind, median ms, attributes, parent position)
 SHAPE: tuple[tuple[str, str, SpanKind, float, dict[str, Any], int], ...] = (

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 from google.protobuf.internal.decoder import _DecodeVarint  # type: ignore[attr-defined]
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
@@ -19,10 +21,12 @@ from otelai.decision.tagging import (
     double_attribute,
     field,
     string_attribute,
+    tag_every_item,
     tag_suffix,
     trace_state_field,
     varint,
 )
+from otelai.features.wire import WireError
 
 
 def attrs(attributes: list[KeyValue]) -> dict[str, object]:
@@ -168,3 +172,45 @@ def test_long_values_need_multi_byte_lengths() -> None:
     long_state = "ot=th:0," + ",".join(f"v{i}=" + "y" * 40 for i in range(10))
     assert Span.FromString(trace_state_field(long_state)).trace_state == long_state
     assert KeyValue.FromString(string_attribute("k", "é" * 100)).value.string_value == "é" * 100
+
+
+def _trace_request() -> ExportTraceServiceRequest:
+    request = ExportTraceServiceRequest()
+    for service in ("a", "b"):
+        resource_spans = request.resource_spans.add(schema_url=f"https://schema/{service}")
+        resource_spans.resource.attributes.add(key="service.name").value.string_value = service
+        for scope in ("lib", "other"):
+            scope_spans = resource_spans.scope_spans.add(schema_url="https://scope")
+            scope_spans.scope.name = scope
+            for i in range(3):
+                span = scope_spans.spans.add(name=f"op{i}", trace_id=bytes(16), span_id=bytes([i + 1] * 8))
+                span.attributes.add(key="k").value.int_value = i
+    request.resource_spans.add()  # an empty resource
+    return request
+
+
+def test_every_span_is_tagged_as_merging_the_tag_into_each_would() -> None:
+    suffix = field(SPAN_ATTRIBUTES, string_attribute(SELECTION_REASON, "fail_open"))
+    request = _trace_request()
+    tagged = tag_every_item(request.SerializeToString(), suffix)
+    for resource_spans in request.resource_spans:
+        for scope_spans in resource_spans.scope_spans:
+            for span in scope_spans.spans:
+                span.MergeFromString(suffix)
+    assert tagged == request.SerializeToString()  # schema URLs and empty containers kept
+
+
+def test_every_log_record_is_tagged() -> None:
+    suffix = field(LOG_RECORD_ATTRIBUTES, string_attribute(SELECTION_REASON, "fail_open"))
+    request = ExportLogsServiceRequest()
+    records = request.resource_logs.add().scope_logs.add().log_records
+    records.add(severity_text="INFO").body.string_value = "x"
+    records.add(severity_text="WARN")
+    tagged = ExportLogsServiceRequest.FromString(tag_every_item(request.SerializeToString(), suffix))
+    got = [attrs(list(r.attributes)) for r in tagged.resource_logs[0].scope_logs[0].log_records]
+    assert got == [{SELECTION_REASON: "fail_open"}] * 2
+
+
+def test_an_unreadable_request_raises() -> None:
+    with pytest.raises(WireError):
+        tag_every_item(b"\x0a\xff\xff\xff\xff\x0f", b"")
