@@ -66,9 +66,7 @@ bench: $(STAMP)
 # The default bundle: the trace detectors trained on the OpenTelemetry Demo's normal windows.
 model: $(STAMP)
 	@test -d $(DATA)/otel-demo || { echo "no data set at $(DATA)/otel-demo (set DATA=...)"; exit 2; }
-	rm -rf otelai/models/default.new
-	$(VENV)/bin/otelai train --dataset otel-demo --path $(DATA)/otel-demo --out otelai/models/default.new --seed 0
-	rm -rf otelai/models/default && mv otelai/models/default.new otelai/models/default
+	$(VENV)/bin/otelai train --dataset otel-demo --path $(DATA)/otel-demo --out otelai/models/default --seed 0 --no-progress
 
 evaluate: $(STAMP)
 	$(PY) benchmarks/quality.py --data $(DATA) --out benchmarks/results/quality

@@ -35,6 +35,7 @@ from workload import build_batches, fresh_trace_ids, trace_id_offsets
 
 from otelai.config import load_config
 from otelai.decision.summaries import DroppedSummaries
+from otelai.models.serving import load_configured_bundle
 from otelai.pipeline import Payload
 from otelai.scoring.traces import TraceProcessor
 from otelai.signals import Signal
@@ -63,10 +64,14 @@ class Traffic:
         return out
 
 
-def make_processor() -> TraceProcessor:
-    config = load_config(text="scoring: {signals: [traces]}\n")
+def make_processor(bundle: str = "default") -> TraceProcessor:
+    """The processor at the default configuration; ``bundle``: "default" (the shipped model
+    bundle, as the service loads it), "none" (online detectors only) or a bundle path."""
+    model = {"default": "{}", "none": "{enabled: false}"}.get(bundle, f"{{path: {bundle!r}}}")
+    config = load_config(text=f"scoring: {{signals: [traces], model: {model}}}\n")
     summaries = DroppedSummaries(boundaries_ms=[5, 10, 25, 50, 100, 250, 500, 1000], max_series=10_000)
-    return TraceProcessor(config, Metrics(CollectorRegistry()), summaries=summaries)
+    loaded = load_configured_bundle(config.scoring.model)
+    return TraceProcessor(config, Metrics(CollectorRegistry()), summaries=summaries, bundle=loaded)
 
 
 def warm(processor: TraceProcessor, traffic: Traffic, requests: int) -> None:
@@ -117,12 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--spans", type=int, default=512)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--bundle", default="default", help='"default" (shipped), "none" or a bundle path')
     parser.add_argument("--warmup-requests", type=int, default=120)
     parser.add_argument("--profile", type=int, default=0, help="requests per batch to profile (cProfile)")
     parser.add_argument("--sort", default="tottime", help="cProfile sort key")
     args = parser.parse_args(argv)
     traffic = Traffic(args.seed, 8, args.spans)
-    processor = make_processor()
+    processor = make_processor(args.bundle)
     warm(processor, traffic, args.warmup_requests)
     results = []
     for requests in (int(x) for x in args.requests.split(",")):

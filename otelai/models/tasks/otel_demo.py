@@ -438,10 +438,14 @@ class OtelDemoTask(Task):
         *,
         autoencoder: Any = None,
         forest: Any = None,
+        with_forest: bool = False,
         threshold_grid: Sequence[float] = THRESHOLD_GRID,
     ) -> None:
         self.autoencoder_settings = autoencoder
         self.forest_settings = forest
+        # The forest's ONNX tree ensemble costs ~30 us a span on ONNX Runtime CPU (benchmarks/
+        # traces.py), ten times the whole scoring path's budget: off in the default bundle.
+        self.with_forest = with_forest or forest is not None
         self.threshold_grid = tuple(threshold_grid)
 
     def train(self, path: Path, out: Path, *, seed: int = 0, progress: bool = True) -> Bundle:
@@ -471,9 +475,7 @@ class OtelDemoTask(Task):
         autoencoder = train_autoencoder(
             rows, settings=self.autoencoder_settings, seed=seed, progress=progress
         )
-        forest = train_isolation_forest(rows, settings=self.forest_settings, seed=seed)
         (out / "autoencoder.onnx").write_bytes(autoencoder.onnx)
-        (out / "isolation_forest.onnx").write_bytes(forest.onnx)
 
         calibration_rows = self._calibration_rows(_by_name(windows, split.calibrate) or fit, out)
         specs = [
@@ -484,21 +486,26 @@ class OtelDemoTask(Task):
                 params=autoencoder.params,
                 calibration=calibration_of(autoencoder.score(calibration_rows)),
             ),
-            DetectorSpec(
-                name="isolation_forest",
-                kind="isolation_forest",
-                file="isolation_forest.onnx",
-                params=forest.params,
-                calibration=calibration_of(forest.score(calibration_rows)),
-            ),
         ]
+        if self.with_forest:
+            forest = train_isolation_forest(rows, settings=self.forest_settings, seed=seed)
+            (out / "isolation_forest.onnx").write_bytes(forest.onnx)
+            specs.append(
+                DetectorSpec(
+                    name="isolation_forest",
+                    kind="isolation_forest",
+                    file="isolation_forest.onnx",
+                    params=forest.params,
+                    calibration=calibration_of(forest.score(calibration_rows)),
+                )
+            )
         training = Training(
             dataset=DATASET,
             path=str(path),
             items=len(rows),
             parts=split.fit + split.calibrate,
             seed=seed,
-            command=f"otelai train --dataset {DATASET} --path {path} --out {out} --seed {seed}",
+            command=f"otelai train --dataset {DATASET} --path {path} --seed {seed}",
             summary={
                 "fit_windows": split.fit,
                 "calibration_windows": split.calibrate,

@@ -195,7 +195,7 @@ class ServerMetricsTask(Task):
                     items=sum(cuts.values()),
                     parts=list(servers),
                     seed=seed,
-                    command=f"otelai train --dataset {self.layout.dataset} --path {path} --out {out} --seed {seed}",
+                    command=f"otelai train --dataset {self.layout.dataset} --path {path} --seed {seed}",
                     summary={
                         "fit_rows": sum(cuts.values()),
                         "held_out_rows": sum(len(e) for e in held_out.values()),
