@@ -20,10 +20,20 @@ Two independent measures of what was forwarded:
   tracestate on them (``tags``), and per request the resource and scope headers
   (``envelope``); metric requests are the summaries of dropped items.
 
+``--pace INTERVAL ...`` estimates instead what the summaries cost at the data's recorded pace
+(a replay compresses hours of data time into a minute, so it flushes a handful of summaries
+where a real deployment flushes one per interval): the windows are laid end to end in replay
+order, each over its recorded span times (30 s), the spans outside the consistent sample are
+counted as dropped in :class:`~otelai.decision.summaries.DroppedSummaries` (the service's own
+class), which is flushed every ``INTERVAL`` seconds of data time, with explicit and with
+exponential buckets. Anomalies and critical context (about 1.5% of the spans) are counted as
+dropped too, so the estimate is a slight upper bound. No service runs.
+
 Usage::
 
     .venv/bin/python benchmarks/forwarded_bytes.py --out benchmarks/results/forwarded_bytes.json
     .venv/bin/python benchmarks/forwarded_bytes.py --set scoring.calibration.min_samples=256
+    .venv/bin/python benchmarks/forwarded_bytes.py --pace 10 60 --out /tmp/pace.json
 
 Exit status: 0 measured (or skipped: no data), 1 the service or the replay failed.
 """
@@ -440,6 +450,113 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+# -- summaries at the recorded pace ---------------------------------------------------------
+
+WINDOW_S = 30.0  # otel-demo windows are 30 s of traffic each
+
+
+def pace_estimate(data: Path, intervals: list[float], max_sizes: list[int]) -> dict[str, Any]:
+    """Summary bytes over received bytes when ``data`` arrives at its recorded pace."""
+    import numpy as np
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    from otelai.decision import sampling
+    from otelai.decision.summaries import DroppedSummaries
+    from otelai.replay.otel_demo import iter_windows, window_requests
+
+    threshold = sampling.threshold_for(0.05)
+    received = 0
+    rows: list[
+        tuple[float, str, str, int, bool, bool]
+    ] = []  # (data time s, service, name, ns, error, dropped)
+    windows = [window for _, folder in segments(data, 0, data) for window in iter_windows(folder)]
+    for w, window in enumerate(windows):
+        first: int | None = None
+        for payload in window_requests(window):
+            received += len(payload)
+            request = ExportTraceServiceRequest.FromString(payload)
+            for resource_spans in request.resource_spans:
+                service = next(
+                    (
+                        a.value.string_value
+                        for a in resource_spans.resource.attributes
+                        if a.key == "service.name"
+                    ),
+                    "",
+                )
+                for scope_spans in resource_spans.scope_spans:
+                    spans = scope_spans.spans
+                    if not spans:
+                        continue
+                    ids = np.frombuffer(b"".join(span.trace_id for span in spans), dtype=np.uint8).reshape(
+                        -1, 16
+                    )
+                    kept = sampling.keep_mask(sampling.randomness(ids), threshold)
+                    for span, keep in zip(spans, kept.tolist(), strict=True):
+                        first = (
+                            span.start_time_unix_nano
+                            if first is None
+                            else min(first, span.start_time_unix_nano)
+                        )
+                        rows.append(
+                            (
+                                float(span.end_time_unix_nano),
+                                service,
+                                span.name,
+                                span.end_time_unix_nano - span.start_time_unix_nano,
+                                span.status.code == 2,
+                                not keep,
+                            )
+                        )
+        # The window's spans at their offset from its first span, the windows end to end.
+        if first is not None:
+            for i in range(len(rows) - 1, -1, -1):
+                end_ns = rows[i][0]
+                if end_ns < 1e12:  # already placed (an earlier window)
+                    break
+                offset = min(max((end_ns - first) / 1e9, 0.0), WINDOW_S)
+                rows[i] = (w * WINDOW_S + offset, *rows[i][1:])
+    times = np.array([r[0] for r in rows])
+    services = [r[1] for r in rows]
+    names = [r[2] for r in rows]
+    durations = np.array([r[3] for r in rows], dtype=np.int64)
+    errors = np.array([r[4] for r in rows], dtype=np.bool_)
+    dropped = np.array([r[5] for r in rows], dtype=np.bool_)
+    result: dict[str, Any] = {
+        "windows": len(windows),
+        "data_seconds": len(windows) * WINDOW_S,
+        "spans": len(rows),
+        "dropped": int(dropped.sum()),
+        "received_bytes": received,
+        "by_interval": {},
+    }
+    encodings: list[tuple[str, int | None]] = [("explicit", None)] + [
+        (f"exponential_{m}", m) for m in max_sizes
+    ]
+    for interval in intervals:
+        slot = (times // interval).astype(np.int64)
+        per: dict[str, Any] = {}
+        for label, max_size in encodings:
+            table = DroppedSummaries(exponential_max_size=max_size, start_ns=0)
+            total, flushes, points = 0, 0, 0
+            for k in np.unique(slot).tolist():
+                rows_k = np.flatnonzero(slot == k)
+                series = table.intern_spans([services[i] for i in rows_k], [names[i] for i in rows_k])
+                table.add_spans(series, durations[rows_k], errors[rows_k], dropped[rows_k])
+                body, count = table.flush_counted(int((k + 1) * interval * 1e9))
+                total += len(body)
+                flushes += bool(body)
+                points += count
+            per[label] = {
+                "bytes": total,
+                "flushes": flushes,
+                "points": points,
+                "share_of_received": round(total / received, 5) if received else None,
+            }
+        result["by_interval"][f"{interval:g}s"] = per
+    return result
+
+
 def _summaries_interval(tree: dict[str, Any]) -> float:
     from otelai.config import Config
 
@@ -467,9 +584,29 @@ def main() -> int:
     parser.add_argument("--segments", type=int, default=0, help="slices of the windows (0: train, eval)")
     parser.add_argument("--settle", type=float, default=None, help="seconds still before a scrape")
     parser.add_argument("--out", type=Path, default=None, help="JSON results (default: stdout only)")
+    parser.add_argument(
+        "--pace",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="INTERVAL",
+        help="estimate the summaries at the recorded pace, flushed every INTERVAL seconds (no service)",
+    )
+    parser.add_argument(
+        "--max-size", type=int, nargs="+", default=[160, 20], help="exponential max_size values (--pace)"
+    )
     args = parser.parse_args()
     if not args.path.is_dir():
         print(f"forwarded_bytes: skipped: no otel-demo data at {args.path}", file=sys.stderr)
+        return 0
+    if args.pace:
+        estimate = {"benchmark": "forwarded_bytes.pace", "data": str(args.path)}
+        estimate.update(pace_estimate(args.path, args.pace, args.max_size))
+        text = json.dumps(estimate, indent=2)
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(text + "\n")
+        print(text)
         return 0
     if not OTELAI.exists():
         print(f"forwarded_bytes: skipped: {OTELAI} not installed", file=sys.stderr)

@@ -315,15 +315,40 @@ class ExplicitBuckets(_Model):
     buckets: list[Duration] = [0, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10]
 
 
+class ExponentialBuckets(_Model):
+    max_size: int = Field(default=160, ge=2)
+
+
 class SummaryHistogram(_Model):
-    explicit: ExplicitBuckets = ExplicitBuckets()
+    """Explicit buckets or a base-2 exponential histogram (the default: about half the bytes).
+
+    Setting ``explicit`` alone selects it, as in the spanmetrics connector.
+    """
+
+    explicit: ExplicitBuckets | None = None
+    exponential: ExponentialBuckets | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_exponential(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("explicit") is None and data.get("exponential") is None:
+            return {**data, "exponential": {}}
+        return data
+
+    @model_validator(mode="after")
+    def _one(self) -> SummaryHistogram:
+        if self.explicit is not None and self.exponential is not None:
+            raise ValueError("set one of explicit and exponential")
+        return self
 
 
 class Summaries(_Model):
     """Summaries of what was dropped, forwarded as delta OTLP metrics (spanmetrics key names)."""
 
     enabled: bool = True
-    interval: Duration = 10.0
+    # Per (service, operation) summaries cost bytes per series per flush, whatever the traffic:
+    # a minute keeps them small on a quiet edge site (upstream totals lag by up to a minute).
+    interval: Duration = 60.0
     histogram: SummaryHistogram = SummaryHistogram()
     aggregation_cardinality_limit: int = Field(default=2000, ge=2)
     instance_id: str = ""

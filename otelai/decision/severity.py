@@ -12,11 +12,19 @@ Bonferroni combination of ``k`` detectors multiplies that by ``k``. So ``critica
 with two detectors needs windows of about 4,000 scores: with 1,024, "beyond the window's
 maximum" happens to 0.1% of normal items per detector, four times the rate the threshold
 promises, and each critical span forwards its whole trace.
+
+``critical`` forwards a whole trace, so its rate is promised per trace, not per span: a trace of
+``m`` spans holds a span at ``p < 5e-4`` by chance with probability ``1 - (1 - 5e-4)^m`` (40%
+for 1,000 spans). :func:`critical_per_trace` applies the Bonferroni correction over the spans of
+the trace seen so far (Dunn, *Multiple Comparisons Among Means*, JASA 1961): a span stays
+critical only if ``p * m <= 1 - critical``, so a normal trace turns critical with probability
+at most ``1 - critical``, whatever its size.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
@@ -99,6 +107,58 @@ def classify(
     for threshold in (anomaly, critical):
         if 1.0 - threshold + _ROUNDING >= p_floor:
             out += scores >= threshold
+    return out
+
+
+def critical_per_trace(
+    severity: npt.NDArray[np.int8],
+    scores: npt.NDArray[np.floating],
+    trace_keys: npt.NDArray[np.uint64],
+    critical: float,
+    *,
+    earlier_spans: Callable[[npt.NDArray[np.uint64]], npt.NDArray[np.int64]] | None = None,
+) -> npt.NDArray[np.int8]:
+    """``severity`` with ``critical`` kept only where it holds for the span's whole trace.
+
+    A critical span of a trace with ``m`` spans seen so far (in this batch, plus
+    ``earlier_spans``) stays critical if ``(1 - score) * m <= 1 - critical`` (Bonferroni);
+    otherwise it is an ``anomaly`` (its score passed the anomaly threshold, which is lower).
+
+    Parameters
+    ----------
+    severity
+        From :func:`classify`; not modified.
+    scores
+        The calibrated scores ``severity`` was classified from.
+    trace_keys
+        The trace of every item (:func:`otelai.decision.trace_buffer.trace_keys`).
+    critical
+        The critical threshold.
+    earlier_spans
+        Spans of each given trace seen before this batch (the trace buffer's count).
+
+    Examples
+    --------
+    >>> keys = np.array([1, 1, 1, 1, 1, 1, 2], dtype=np.uint64)  # traces of 6 spans and 1
+    >>> scores = np.array([0.9999, 0.5, 0.5, 0.5, 0.5, 0.5, 0.9999])  # p = 1e-4 twice
+    >>> severity = classify(scores, 0.99, 0.9995)
+    >>> critical_per_trace(severity, scores, keys, 0.9995).tolist()  # 6 x 1e-4 > 5e-4
+    [1, 0, 0, 0, 0, 0, 2]
+    """
+    rows = np.flatnonzero(severity == Severity.CRITICAL)
+    if not rows.size:  # the usual batch: nothing to count
+        return severity
+    keys = trace_keys.take(rows)
+    ordered = np.sort(trace_keys)
+    spans = np.searchsorted(ordered, keys, side="right") - np.searchsorted(ordered, keys, side="left")
+    if earlier_spans is not None:
+        spans = spans + earlier_spans(keys)
+    p_values = 1.0 - np.asarray(scores, dtype=np.float64).take(rows)
+    demoted = p_values * spans > 1.0 - critical + _ROUNDING
+    if not demoted.any():
+        return severity
+    out = severity.copy()
+    out[rows[demoted]] = Severity.ANOMALY
     return out
 
 

@@ -11,7 +11,11 @@ Metrics (OpenTelemetry data model, ``specification/metrics/data-model.md``):
 
 - ``otelai.dropped.spans`` ``{span}``: Sum, monotonic, delta.
 - ``otelai.dropped.errors`` ``{span}``: Sum, monotonic, delta (spans with status ERROR).
-- ``otelai.dropped.duration`` ``ms``: Histogram, delta, with min and max.
+- ``otelai.dropped.duration`` ``ms``: Histogram, delta, with min and max; explicit buckets, or
+  base-2 exponential ones (:mod:`otelai.decision.exponential_buckets`) when
+  ``exponential_max_size`` is set. Exponential points carry no bounds and only the buckets
+  between the smallest and largest value (varints), a tenth of an explicit point's bytes: at a
+  few spans per series and interval, summaries would otherwise cost more than the spans.
 - ``otelai.dropped.log_records`` ``{log_record}``: Sum, monotonic, delta.
 
 ``service.name`` is a resource attribute, ``span.name`` or ``otelai.log.template`` a point
@@ -38,6 +42,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -47,6 +52,7 @@ from opentelemetry.proto.metrics.v1 import metrics_pb2
 from opentelemetry.proto.resource.v1 import resource_pb2
 
 from otelai import __version__
+from otelai.decision import exponential_buckets
 from otelai.signals import Signal, count_items
 
 # opentelemetry-sdk's _DEFAULT_EXPLICIT_BUCKET_HISTOGRAM_AGGREGATION_BOUNDARIES (milliseconds).
@@ -149,6 +155,10 @@ class DroppedSummaries:
     ----------
     boundaries_ms
         Explicit histogram bucket boundaries in milliseconds, increasing.
+    exponential_max_size
+        When set, the duration histogram is a base-2 exponential one of at most this many
+        buckets per point (the spanmetrics connector's ``histogram.exponential.max_size``)
+        instead of the explicit ``boundaries_ms``.
     max_series
         Cardinality limit of each table (spans, logs), the overflow series included.
     instance_id
@@ -163,6 +173,7 @@ class DroppedSummaries:
         self,
         *,
         boundaries_ms: Sequence[float] = DEFAULT_BOUNDARIES_MS,
+        exponential_max_size: int | None = None,
         max_series: int = DEFAULT_MAX_SERIES,
         instance_id: str = "",
         resource_attributes: Mapping[str, str] | None = None,
@@ -172,6 +183,9 @@ class DroppedSummaries:
         if bounds.ndim != 1 or (bounds.size > 1 and not np.all(np.diff(bounds) > 0)):
             raise ValueError(f"histogram boundaries must be strictly increasing, got {list(boundaries_ms)}")
         self.boundaries_ms = bounds
+        if exponential_max_size is not None and exponential_max_size < exponential_buckets.MIN_MAX_SIZE:
+            raise ValueError(f"exponential_max_size must be at least 2, got {exponential_max_size}")
+        self.exponential_max_size = exponential_max_size
         self.max_series = max_series
         self._resource_attributes = dict(resource_attributes or {})
         if instance_id:
@@ -185,7 +199,7 @@ class DroppedSummaries:
     def _reset(self) -> None:
         self.spans = SeriesTable(max_series=self.max_series)
         self.logs = SeriesTable(max_series=self.max_series)
-        buckets = self.boundaries_ms.size + 1
+        buckets = exponential_buckets.WIDTH if self.exponential_max_size else self.boundaries_ms.size + 1
         self.span_counts = np.zeros(self.max_series, dtype=np.int64)
         self.error_counts = np.zeros(self.max_series, dtype=np.int64)
         self.bucket_counts = np.zeros((self.max_series, buckets), dtype=np.int64)
@@ -231,8 +245,7 @@ class DroppedSummaries:
         millis = np.maximum(durations_ns[dropped].astype(np.int64), 0) / 1e6
         self.span_counts[:size] += np.bincount(ids, minlength=size)
         self.error_counts[:size] += np.bincount(ids[is_error[dropped]], minlength=size)
-        # Bucket i counts (bounds[i-1], bounds[i]]: upper bounds inclusive, as in OTLP.
-        bucket = np.searchsorted(self.boundaries_ms, millis, side="left")
+        bucket = self._buckets(millis)
         width = self.bucket_counts.shape[1]
         flat = np.bincount(ids * width + bucket, minlength=size * width)
         self.bucket_counts[:size] += flat.reshape(size, width)
@@ -263,7 +276,7 @@ class DroppedSummaries:
         """
         ids = self.spans.valid(series)
         millis = np.maximum(durations_ns.astype(np.int64), 0) / 1e6
-        bucket = np.searchsorted(self.boundaries_ms, millis, side="left")
+        bucket = self._buckets(millis)
         # A loop over the recalled spans only: a few per critical trace.
         for ident, slot, ms, error in zip(
             ids.tolist(), bucket.tolist(), millis.tolist(), is_error.tolist(), strict=True
@@ -302,6 +315,14 @@ class DroppedSummaries:
             if not owed.buckets.any():
                 del self._owed[key]  # an error left owed with no span left is forgiven
 
+    def _buckets(self, millis: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
+        """The histogram bucket of each duration."""
+        if self.exponential_max_size:
+            return exponential_buckets.slots(millis)
+        # Bucket i counts (bounds[i-1], bounds[i]]: upper bounds inclusive, as in OTLP.
+        found: npt.NDArray[np.int64] = np.searchsorted(self.boundaries_ms, millis, side="left")
+        return found
+
     def add_logs(self, series: npt.NDArray[np.int64], dropped: npt.NDArray[np.bool_]) -> None:
         """Count the dropped log records of a batch (``series`` from :meth:`intern_logs`)."""
         ids = self.logs.valid(series[dropped])
@@ -337,6 +358,7 @@ class DroppedSummaries:
         request = metrics_service_pb2.ExportMetricsServiceRequest()
         scopes: dict[str, metrics_pb2.ScopeMetrics] = {}
         metrics: dict[tuple[str, str], metrics_pb2.Metric] = {}
+        exponential = bool(self.exponential_max_size)
 
         def metric(service: str, name: str) -> metrics_pb2.Metric:
             found = metrics.get((service, name))
@@ -345,7 +367,7 @@ class DroppedSummaries:
             scope = scopes.get(service)
             if scope is None:
                 scope = scopes[service] = self._scope(request, service)
-            created = metrics[(service, name)] = _new_metric(scope, name)
+            created = metrics[(service, name)] = _new_metric(scope, name, exponential=exponential)
             return created
 
         for ident in np.flatnonzero(self.span_counts).tolist():
@@ -357,14 +379,19 @@ class DroppedSummaries:
             if self.error_counts[ident]:
                 errors = int(self.error_counts[ident])
                 _sum_point(metric(service, "otelai.dropped.errors"), attrs, start, end, errors)
-            point = metric(service, "otelai.dropped.duration").histogram.data_points.add(
-                start_time_unix_nano=start,
-                time_unix_nano=end,
-                count=int(self.span_counts[ident]),
-                sum=float(self.duration_sum[ident]),
-                min=float(self.duration_min[ident]),
-                max=float(self.duration_max[ident]),
-            )
+            duration = metric(service, "otelai.dropped.duration")
+            fields = {
+                "start_time_unix_nano": start,
+                "time_unix_nano": end,
+                "count": int(self.span_counts[ident]),
+                "sum": float(self.duration_sum[ident]),
+                "min": float(self.duration_min[ident]),
+                "max": float(self.duration_max[ident]),
+            }
+            if exponential:
+                self._exponential_point(duration, attrs, fields, ident)
+                continue
+            point = duration.histogram.data_points.add(**fields)
             point.attributes.extend(attrs)
             point.bucket_counts.extend(self.bucket_counts[ident].tolist())
             point.explicit_bounds.extend(self.boundaries_ms.tolist())
@@ -375,6 +402,23 @@ class DroppedSummaries:
                 metric(service, "otelai.dropped.log_records"), attrs, start, end, int(self.log_counts[ident])
             )
         return request
+
+    def _exponential_point(
+        self,
+        metric: metrics_pb2.Metric,
+        attrs: list[common_pb2.KeyValue],
+        fields: dict[str, Any],
+        ident: int,
+    ) -> None:
+        assert self.exponential_max_size is not None
+        scale, zero, offset, counts = exponential_buckets.point_buckets(
+            self.bucket_counts[ident], self.exponential_max_size
+        )
+        point = metric.exponential_histogram.data_points.add(scale=scale, zero_count=zero, **fields)
+        point.attributes.extend(attrs)
+        if counts:
+            point.positive.offset = offset
+            point.positive.bucket_counts.extend(counts)
 
     def _scope(
         self, request: metrics_service_pb2.ExportMetricsServiceRequest, service: str
@@ -398,12 +442,14 @@ _METRICS: dict[str, tuple[str, str, str]] = {
 }
 
 
-def _new_metric(scope: metrics_pb2.ScopeMetrics, name: str) -> metrics_pb2.Metric:
+def _new_metric(scope: metrics_pb2.ScopeMetrics, name: str, *, exponential: bool) -> metrics_pb2.Metric:
     kind, unit, description = _METRICS[name]
     metric = scope.metrics.add(name=name, unit=unit, description=description)
     if kind == "sum":
         metric.sum.aggregation_temporality = _DELTA
         metric.sum.is_monotonic = True
+    elif exponential:
+        metric.exponential_histogram.aggregation_temporality = _DELTA
     else:
         metric.histogram.aggregation_temporality = _DELTA
     return metric

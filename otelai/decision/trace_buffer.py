@@ -83,6 +83,8 @@ class TraceBuffer:
         self._entries: deque[_Entry] = deque()
         # trace key -> serials of the entries holding its spans: a recall looks at those only.
         self._index: dict[int, list[int]] = {}
+        # trace key -> its spans in the window: the size of the trace so far, for critical.
+        self._spans: dict[int, int] = {}
         self._serial = 0
         self.bytes = 0
         self.recalled_spans = 0
@@ -110,9 +112,18 @@ class TraceBuffer:
         )
         self._entries.append(entry)
         self.bytes += entry.size
-        for key in np.unique(keys).tolist():
-            self._index.setdefault(key, []).append(entry.serial)
+        serials, spans = self._index, self._spans
+        unique, counts = np.unique(keys, return_counts=True)
+        for key, count in zip(unique.tolist(), counts.tolist(), strict=True):
+            serials.setdefault(key, []).append(entry.serial)
+            spans[key] = spans.get(key, 0) + count
         self._evict()
+
+    def span_counts(self, keys: U64) -> I64:
+        """Spans of each of ``keys``' traces in the window (0 for a trace not seen)."""
+        self._evict()
+        spans = self._spans
+        return np.fromiter((spans.get(key, 0) for key in keys.tolist()), dtype=np.int64, count=len(keys))
 
     def recall(self, critical: U64) -> list[Recalled]:
         """Spans of the ``critical`` traces still in the window and not forwarded yet."""
@@ -144,11 +155,17 @@ class TraceBuffer:
     def _evict(self) -> None:
         horizon = self._clock() - self.wait
         entries = self._entries
-        index = self._index
+        index, spans = self._index, self._spans
         while entries and (entries[0].at < horizon or self.bytes > self.max_bytes):
             entry = entries.popleft()
             self.bytes -= entry.size
-            for key in np.unique(entry.keys).tolist():
+            unique, counts = np.unique(entry.keys, return_counts=True)
+            for key, count in zip(unique.tolist(), counts.tolist(), strict=True):
+                left = spans.get(key, 0) - count
+                if left > 0:
+                    spans[key] = left
+                else:
+                    spans.pop(key, None)
                 serials = index.get(key)
                 if serials is None:
                     continue

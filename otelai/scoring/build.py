@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, cast
 
-from otelai.config import Config
+from otelai.config import Config, ExplicitBuckets
 from otelai.decision.actions import Alerter, MitigationHook
 from otelai.decision.summaries import DroppedSummaries
 from otelai.models.bundle import Bundle, BundleError
 from otelai.models.serving import load_configured_bundle
 from otelai.pipeline import Pipeline
 from otelai.scoring.stage import Processor, ScoringStage
+from otelai.scoring.thread import LoopAlerter, LoopMitigation, scoring_executor
 from otelai.signals import Signal
 from otelai.telemetry.metrics import Metrics
 
@@ -40,6 +41,10 @@ class Scoring:
         self.summaries = _summaries(config)
         self.alerter = _alerter(config, metrics)
         self.mitigation = _mitigation(config, metrics)
+        # What the processors call from the scoring thread, run on the event loop.
+        self._loop_alerter = LoopAlerter(self.alerter)
+        self._loop_mitigation = LoopMitigation(self.mitigation) if self.mitigation is not None else None
+        self._executor = scoring_executor()
         self.stages: dict[Signal, ScoringStage] = {}
         interval = config.summaries.interval
         flushed = False
@@ -51,10 +56,16 @@ class Scoring:
                 processor = self._processor(signal, flush_summaries=not flushed)
             except BundleError as exc:  # its files load, but its models cannot be built
                 self._close_stages()
+                self._executor.shutdown(wait=False)
                 raise _startup_error(exc) from exc
             flushed = flushed or signal in (Signal.TRACES, Signal.LOGS)
             stage = ScoringStage(
-                processor, pipeline, config.scoring.batching, metrics, tick_interval=interval
+                processor,
+                pipeline,
+                config.scoring.batching,
+                metrics,
+                tick_interval=interval,
+                executor=self._executor,
             )
             self.stages[signal] = stage
             pipeline.stages[signal] = stage
@@ -66,9 +77,10 @@ class Scoring:
         self._metrics.backend_fallbacks.labels(source, target).inc()
 
     def _processor(self, signal: Signal, *, flush_summaries: bool) -> Processor:
+        # The processors call only ``submit`` and ``trigger``, which the loop proxies provide.
         common: dict[str, Any] = {
-            "alerter": self.alerter,
-            "mitigation": self.mitigation,
+            "alerter": cast(Alerter, self._loop_alerter),
+            "mitigation": cast(MitigationHook | None, self._loop_mitigation),
             "on_fallback": self._on_fallback,
         }
         if signal is Signal.TRACES:
@@ -128,6 +140,10 @@ class Scoring:
             self._refresh_model_info()
 
     async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop_alerter.bind(loop)
+        if self._loop_mitigation is not None:
+            self._loop_mitigation.bind(loop)
         self._watcher = asyncio.create_task(self._watch_models(), name="otelai-model-info")
         if self.alerter is not None:
             await self.alerter.start()
@@ -147,6 +163,7 @@ class Scoring:
             self._watcher = None
         for stage in self.stages.values():
             await stage.stop()
+        self._executor.shutdown(wait=True)  # idle: each stage waited for its calls
         self._close_stages()
         if self.alerter is not None:
             await self.alerter.shutdown()
@@ -178,8 +195,11 @@ def _summaries(config: Config) -> DroppedSummaries | None:
     settings = config.summaries
     if not settings.enabled:
         return None
+    histogram = settings.histogram
+    explicit = histogram.explicit or ExplicitBuckets()
     return DroppedSummaries(
-        boundaries_ms=[bound * 1000 for bound in settings.histogram.explicit.buckets],
+        boundaries_ms=[bound * 1000 for bound in explicit.buckets],
+        exponential_max_size=histogram.exponential.max_size if histogram.exponential is not None else None,
         max_series=settings.aggregation_cardinality_limit,
         instance_id=settings.instance_id,
     )

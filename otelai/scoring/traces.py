@@ -33,7 +33,7 @@ from otelai.config import Config, Selection
 from otelai.decision import sampling
 from otelai.decision.actions import Alert, Alerter, MitigationHook
 from otelai.decision.assemble import Assembler
-from otelai.decision.severity import Severity, classify
+from otelai.decision.severity import Severity, classify, critical_per_trace
 from otelai.decision.summaries import DroppedSummaries
 from otelai.decision.tagging import (
     SELECTION_REASON,
@@ -166,6 +166,9 @@ class TraceProcessor:
         scored = self.scorer.score(features, explain_above=self._anomaly)
         severity = classify(scored.score, self._anomaly, self._critical, p_floor=self.scorer.p_floor)
         keys = trace_keys(batch.trace_id)
+        # Critical forwards the whole trace: rare per trace, not per span.
+        earlier = self.buffer.span_counts if self.buffer.wait > 0 else None
+        severity = critical_per_trace(severity, scored.score, keys, self._critical, earlier_spans=earlier)
         critical_keys = np.unique(keys[severity == Severity.CRITICAL])
         self.critical.add(critical_keys)
         sampled = sampling.keep_mask(sampling.randomness(batch.trace_id), self.threshold)
@@ -295,8 +298,11 @@ class TraceProcessor:
         kept = np.flatnonzero(code != DROPPED)
         if not len(kept) and not recalled:
             return []
+        # One request for the batch: the recalled spans join the kept ones, so each resource
+        # (and scope) is written once per batch, not once per source of spans.
         requests: list[Any] = [None] * len(payloads)
         assembler = Assembler("resource_spans", "scope_spans")
+        self._add_recalled(assembler, requests, recalled)
         # Per kept span: its bytes, a suffix and its trace state. Normal spans (most of what
         # is kept) share one suffix per selection reason; each scope's spans are reached once.
         plain = {
@@ -356,22 +362,19 @@ class TraceProcessor:
                     selection_reason=REASONS[reason],
                 )
             assembler.add(group, datas[r][start:end] + suffix + state)
-        out: list[Payload] = []
+        if not assembler.items:
+            return []
         oldest = min(payload.received_ns for payload in payloads)
-        if assembler.items:
-            out.append(Payload(Signal.TRACES, assembler.build(requests), assembler.items, oldest))
-        out.extend(self._recalled(recalled, oldest))
-        return out
+        return [Payload(Signal.TRACES, assembler.build(requests), assembler.items, oldest)]
 
     def _reason(self, scored: Any, row: int) -> str:
         return self.scorer.reason(int(scored.detector[row]), scored.features[row].tolist())
 
-    def _recalled(self, recalled: list[Recalled], received_ns: int) -> list[Payload]:
-        """Earlier spans of critical traces, forwarded untouched but for the context tags."""
+    def _add_recalled(self, assembler: Assembler, requests: list[Any], recalled: list[Recalled]) -> None:
+        """Earlier spans of critical traces, untouched but for the context tags; their requests
+        are parsed again and appended to ``requests`` (rare: critical traces only)."""
         if not recalled:
-            return []
-        assembler = Assembler("resource_spans", "scope_spans")
-        requests: list[Any] = []
+            return
         suffix = tag_suffix(
             SPAN_ATTRIBUTES,
             score=None,
@@ -380,7 +383,8 @@ class TraceProcessor:
             model_version=None,
             selection_reason=REASONS[CRITICAL_CONTEXT],
         )
-        for r, item in enumerate(recalled):
+        for item in recalled:
+            r = len(requests)
             request = ExportTraceServiceRequest.FromString(item.data)
             requests.append(request)
             for start, end, resource, scope, index in zip(
@@ -394,7 +398,6 @@ class TraceProcessor:
                 span = request.resource_spans[resource].scope_spans[scope].spans[index]
                 state = trace_state_field(sampling.with_threshold(span.trace_state, 0))
                 assembler.add((r, resource, scope), item.data[start:end] + suffix + state)
-        return [Payload(Signal.TRACES, assembler.build(requests), assembler.items, received_ns)]
 
     # -- fail open and periodic output ---------------------------------------------------------
 

@@ -74,3 +74,22 @@ def test_beyond_the_window_is_score_one_whatever_its_size() -> None:
         calibrator = EcdfCalibrator(window=size, sample_rate=1.0, min_samples=size, seed=0)
         calibrator.update(rng.normal(size=size))
         assert calibrator.transform(np.array([10.0])).tolist() == [1.0]
+
+
+def test_critical_holds_per_trace_by_bonferroni() -> None:
+    from otelai.decision.severity import critical_per_trace
+
+    keys = np.array([7] * 10 + [8, 9, 9], dtype=np.uint64)
+    scores = np.full(13, 0.5)
+    scores[0] = scores[10] = scores[11] = 1 - 1e-4  # p = 1e-4 in traces of 10, 1 and 2 spans
+    severity = classify(scores, 0.99, 0.9995)
+    out = critical_per_trace(severity, scores, keys, 0.9995)
+    assert out[[0, 10, 11]].tolist() == [Severity.ANOMALY, Severity.CRITICAL, Severity.CRITICAL]
+    assert severity[0] == Severity.CRITICAL  # not modified
+    # Spans of the trace seen before this batch count too: 2 + 4 earlier spans x 1e-4 > 5e-4.
+    earlier = critical_per_trace(
+        severity, scores, keys, 0.9995, earlier_spans=lambda k: np.where(k == 9, 4, 0).astype(np.int64)
+    )
+    assert earlier[[10, 11]].tolist() == [Severity.CRITICAL, Severity.ANOMALY]
+    nothing = classify(np.array([0.5]), 0.99, 0.9995)
+    assert critical_per_trace(nothing, np.array([0.5]), keys[:1], 0.9995) is nothing

@@ -191,3 +191,39 @@ def test_series_table_and_stale_ids() -> None:
         SeriesTable(max_series=1)
     with pytest.raises(ValueError):
         DroppedSummaries(boundaries_ms=(5.0, 1.0))
+
+
+def test_exponential_histograms_count_exactly_without_bounds() -> None:
+    rng = np.random.default_rng(8)
+    pairs = [("cart", "GET /cart"), ("ad", "GetAds")]
+    summaries = DroppedSummaries(exponential_max_size=20, start_ns=START)
+    explicit = DroppedSummaries(start_ns=START)
+    services, names, durations, errors, dropped = batch(rng, 2000, pairs)
+    for table in (summaries, explicit):
+        table.add_spans(table.intern_spans(services, names), durations, errors, dropped)
+    data, reference = summaries.flush(END), explicit.flush(END)
+    request = parse(data)
+    for rm in request.resource_metrics:
+        for metric in rm.scope_metrics[0].metrics:
+            if metric.name == "otelai.dropped.duration":
+                assert metric.WhichOneof("data") == "exponential_histogram"
+                assert metric.exponential_histogram.aggregation_temporality == DELTA
+    want = points(parse(reference), "otelai.dropped.duration")
+    found: dict[tuple[str, str], Any] = {}
+    for rm in request.resource_metrics:
+        service = rm.resource.attributes[0].value.string_value
+        for metric in rm.scope_metrics[0].metrics:
+            for point in metric.exponential_histogram.data_points:
+                found[(service, point.attributes[0].value.string_value)] = point
+    assert found.keys() == want.keys()
+    for key, point in found.items():
+        assert point.count == want[key].count == point.zero_count + sum(point.positive.bucket_counts)
+        assert (point.sum, point.min, point.max) == (want[key].sum, want[key].min, want[key].max)
+        assert len(point.positive.bucket_counts) <= 20
+    assert points(request, "otelai.dropped.spans").keys() == want.keys()
+    assert len(data) < len(reference)  # no bounds, varint counts
+
+
+def test_exponential_max_size_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        DroppedSummaries(exponential_max_size=1)

@@ -156,3 +156,18 @@ def test_nothing_followed_contains_nothing() -> None:
     critical.add(ids())
     assert critical.contains(ids(1, 2)).tolist() == [False, False]
     assert critical.contains(ids()).shape == (0,)
+
+
+def test_span_counts_follow_what_the_window_holds() -> None:
+    clock = Clock()
+    buffer = TraceBuffer(wait=5.0, max_bytes=1 << 20, clock=clock)
+    add(buffer, b"a", [1, 1, 2])
+    clock.now += 3
+    add(buffer, b"b", [1, 3])
+    assert buffer.span_counts(ids(1, 2, 3, 4)).tolist() == [3, 1, 1, 0]
+    buffer.recall(ids(1))  # recalled spans are still spans of the trace
+    assert buffer.span_counts(ids(1)).tolist() == [3]
+    clock.now += 2.5  # "a" leaves
+    assert buffer.span_counts(ids(1, 2, 3)).tolist() == [1, 0, 1]
+    clock.now += 10
+    assert buffer.span_counts(ids(1, 3)).tolist() == [0, 0]

@@ -417,14 +417,15 @@ def test_summaries_count_earlier_spans_of_critical_traces_once() -> None:
         recalled = h.processor.buffer.recalled_spans
         workload = Workload(18, error_rates={FLAKY: 0.25})
         for round_ in range(3):
-            # Rounds apart by more than the calibration window: each outlier is the only one.
+            # Rounds apart by more than the calibration window (4,800 spans): each outlier is
+            # the only one, beyond the window, so critical for its whole trace (p * 6 <= 5e-4).
             critical = unsampled(workload, h.processor.threshold, slow=SLOW, slow_factor=200.0, typical=True)
             front = [(s, span) for s, span in critical.spans if s == "frontend"]
             rest = [(s, span) for s, span in critical.spans if s != "frontend"]
-            h.stream(workload, 3, 100, extra={3: [request(front)]})
+            h.stream(workload, 4, 100, extra={3: [request(front)]})
             if round_ % 2:
                 h.tick()  # the earlier spans were counted in an interval already sent
-            h.stream(workload, 3, 100, extra={0: [request(rest)]})
+            h.stream(workload, 4, 100, extra={0: [request(rest)]})
             h.tick()
         assert h.processor.buffer.recalled_spans - recalled >= 3 * len(front)
         assert_summaries_add_up(h)
