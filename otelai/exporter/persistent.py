@@ -48,7 +48,7 @@ from pathlib import Path
 from otelai.config import RetryOnFailure
 from otelai.config import SendingQueue as SendingQueueConfig
 from otelai.exporter.base import Exporter
-from otelai.exporter.queue import QueuedRequest, SendingQueue
+from otelai.exporter.queue import DEFAULT_BATCH, MAX_REQUEST_BYTES, BatchSettings, QueuedRequest, SendingQueue
 from otelai.pipeline import Payload
 from otelai.signals import Signal
 from otelai.telemetry.metrics import Metrics
@@ -98,8 +98,10 @@ class PersistentQueue(SendingQueue):
 
     Parameters
     ----------
-    exporter, config, retry, metrics, rng
-        As for :class:`SendingQueue`; ``config.storage`` names the parent directory.
+    exporter, config, retry, metrics, rng, batch, max_request_bytes
+        As for :class:`SendingQueue`; ``config.storage`` names the parent directory. The
+        requests merged into one send are each acknowledged only after that send finished,
+        so a crash between the send and the acknowledgements sends them all again.
     fsync
         Flush each record to the device before ``put`` returns. Off by default: a written
         record sits in the kernel's page cache, which survives the process dying (``kill
@@ -124,12 +126,22 @@ class PersistentQueue(SendingQueue):
         retry: RetryOnFailure,
         metrics: Metrics,
         rng: random.Random | None = None,
+        batch: BatchSettings | None = DEFAULT_BATCH,
+        max_request_bytes: int = MAX_REQUEST_BYTES,
         fsync: bool = False,
         segment_bytes: int = SEGMENT_BYTES,
     ) -> None:
         if not config.storage:
             raise ValueError("a persistent queue needs sending_queue.storage")
-        super().__init__(exporter, config=config, retry=retry, metrics=metrics, rng=rng)
+        super().__init__(
+            exporter,
+            config=config,
+            retry=retry,
+            metrics=metrics,
+            rng=rng,
+            batch=batch,
+            max_request_bytes=max_request_bytes,
+        )
         self.directory = Path(config.storage) / exporter.name.replace("/", "_")
         self._fsync = fsync
         self._segment_bytes = segment_bytes

@@ -52,3 +52,12 @@ class RecordingExporter(Exporter):
 
     async def shutdown(self) -> None:
         self.shut_down = True
+
+
+def per_signal(delivered: list[tuple[Signal, bytes]]) -> list[tuple[Signal, bytes]]:
+    """``delivered`` grouped by signal, each signal's requests in their order.
+
+    The queue keeps order within a signal only: a consumer merges a request with the later
+    requests of its signal that wait behind requests of other signals.
+    """
+    return sorted(delivered, key=lambda pair: pair[0].value)
