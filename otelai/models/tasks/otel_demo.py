@@ -255,21 +255,6 @@ def bundle_detectors(bundle: Bundle, serving: Serving | None = None) -> list[Det
     return detectors
 
 
-def seed_calibrator(calibrator: Any, calibration: Calibration) -> None:
-    """Fill an :class:`~otelai.decision.calibration.EcdfCalibrator` window with the ECDF the
-    bundle stores (the service should do this at start-up; see the report of issue 4)."""
-    table = np.asarray(calibration.quantiles, dtype=np.float64)
-    if table.size == 0:
-        return
-    values = np.interp(np.linspace(0.0, 1.0, calibrator.window), np.linspace(0.0, 1.0, table.size), table)
-    rate = calibrator.sample_rate
-    calibrator.sample_rate = 1.0  # every seeded value enters the window
-    try:
-        calibrator.update(values)
-    finally:
-        calibrator.sample_rate = rate
-
-
 @dataclass
 class WindowResult:
     name: str
@@ -284,22 +269,20 @@ class WindowResult:
 
 
 class ServicePath:
-    """Runs windows through a :class:`~otelai.scoring.traces.TraceProcessor` with the bundle's
-    detectors, each window from the same warm state, and reads the tags back."""
+    """Runs windows through the service's :class:`~otelai.scoring.traces.TraceProcessor` built
+    from the bundle as the service builds it (the bundle's detectors beside the streaming
+    baselines, calibrated from the bundle's quantiles, its operation baselines), each window
+    from that fresh state, and reads the tags back."""
 
     def __init__(self, bundle: Bundle, *, anomaly_threshold: float | None = None) -> None:
-        from prometheus_client import CollectorRegistry
-
         from otelai.config import Config
-        from otelai.scoring.traces import TraceProcessor
-        from otelai.telemetry.metrics import Metrics
 
         model = bundle.signal("traces")
         if model is None:
             raise ValueError(f"bundle {bundle.path} has no traces models")
         self.model = model
         threshold = model.thresholds.anomaly if anomaly_threshold is None else anomaly_threshold
-        config = Config.model_validate(
+        self.config = Config.model_validate(
             {
                 "selection": {
                     "normal_sample_rate": 1.0,  # forward everything, so every span's tags come back
@@ -307,35 +290,22 @@ class ServicePath:
                     "critical_threshold": max(threshold, model.thresholds.critical),
                     "decision_wait": "0s",
                 },
-                "scoring": {"pca": {"enabled": False}, "model_version": bundle.manifest.version},
             }
         )
-        self.config = config
-        self.processor = TraceProcessor(config, Metrics(CollectorRegistry()))
-        self.processor.scorer.close()
-        self.detectors = bundle_detectors(bundle)
         self.bundle = bundle
-        self._baselines_file = (
-            bundle.file(BASELINES_FILE) if BASELINES_FILE in bundle.manifest.files else None
-        )
+        self.processor = self._fresh()
+
+    def _fresh(self) -> Any:
+        from prometheus_client import CollectorRegistry
+
+        from otelai.scoring.traces import TraceProcessor
+        from otelai.telemetry.metrics import Metrics
+
+        return TraceProcessor(self.config, Metrics(CollectorRegistry()), bundle=self.bundle)
 
     def _reset(self) -> None:
-        from otelai.decision.trace_buffer import CriticalTraces
-        from otelai.scoring.scorer import Scorer
-
-        processor = self.processor
-        processor.interner = Interner()
-        processor.baselines = SpanBaselines.create()
-        if self._baselines_file is not None:
-            load_span_baselines(self._baselines_file, processor.baselines, processor.interner)
-        scorer = Scorer(SPAN_SCHEMA, self.detectors, self.config.scoring.calibration)
-        for calibrator, spec in zip(scorer._calibrators, self.model.detectors, strict=True):
-            seed_calibrator(calibrator, spec.calibration)
-        processor.scorer = scorer
-        selection = self.config.selection
-        processor.critical = CriticalTraces(
-            ttl=selection.critical_trace_ttl, max_traces=selection.max_critical_traces
-        )
+        self.processor.close()
+        self.processor = self._fresh()
 
     def tagged(self, window: DemoWindow) -> tuple[int, int]:
         """(traces, traces with a span tagged anomalous) of one window from the warm state."""
@@ -371,8 +341,6 @@ class ServicePath:
 
     def close(self) -> None:
         self.processor.close()
-        for detector in self.detectors:
-            detector.close()
 
 
 def score_windows(
