@@ -12,6 +12,11 @@ then a latency phase offers every hop the same fixed rate (half the slower hop's
 throughput unless ``--latency-rate`` is given) and times each request from the load
 generator's send to the sink's arrival on the shared monotonic clock. Added latency is the
 hop's percentile minus the direct percentile. See benchmarks/README.md.
+
+``--py-spy DIR`` records each otelai hop's stacks with ``py-spy record`` during its throughput
+window (``DIR/<hop>.txt``, collapsed stacks per thread, and ``DIR/<hop>-gil.txt``, only the
+samples holding the GIL, from a second run of the phase) to see where the saturated hop spends
+its time and which of it holds the GIL.
 """
 
 from __future__ import annotations
@@ -22,10 +27,13 @@ import datetime
 import json
 import math
 import multiprocessing
+import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -36,6 +44,7 @@ import counting_sink
 import hops
 import loadgen
 from measure import machine_cpu_s, machine_info, process_cpu_s, summary_ms
+from prometheus_client.parser import text_string_to_metric_families
 
 _SPAWN = multiprocessing.get_context("spawn")  # grpc does not survive fork
 CALL_SLACK_S = 30.0
@@ -85,6 +94,51 @@ def helper(
         parent.close()
 
 
+def _py_spy(pid: int | None, out: Path, seconds: float) -> subprocess.Popen[bytes] | None:
+    """``py-spy record`` of ``pid`` for ``seconds``, collapsed stacks per thread into ``out``."""
+    binary = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if pid is None or not Path(binary).exists():
+        print(f"py-spy not found ({binary}); no profile", file=sys.stderr)
+        return None
+    command = [binary, "record", "-p", str(pid), "-d", str(max(1, int(seconds))), "-r", "200"]
+    command += ["-f", "raw", "-t", "-o", str(out), "--nonblocking"]
+    if out.stem.endswith("-gil"):
+        command.append("--gil")
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _scoring_counters(hop: hops.RunningHop) -> dict[str, float]:
+    """Spans the hop decided on, by decision (``fail_open`` = forwarded unscored), from its
+    ``/metrics``; empty for hops without one."""
+    url = hop.settings.get("metrics")
+    if url is None:
+        return {}
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if family.name == "otelai_selection_items" and sample.name.endswith("_total"):
+                if sample.labels.get("signal") == "traces":
+                    decision = sample.labels.get("decision", "?")
+                    counts[decision] = counts.get(decision, 0.0) + sample.value
+            elif sample.name in ("otelai_batch_size_sum", "otelai_batch_size_count"):
+                counts[sample.name] = sample.value
+    return counts
+
+
+def _decided(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Counter increments between two scrapes; batches become ``mean_batch_items``."""
+    delta = {key: after[key] - before.get(key, 0.0) for key in after}
+    total, count = delta.pop("otelai_batch_size_sum", 0.0), delta.pop("otelai_batch_size_count", 0.0)
+    if count:
+        delta["batches"], delta["mean_batch_items"] = count, total / count
+    return delta
+
+
 def _sleep_until(deadline_ns: int) -> None:
     delay = deadline_ns - time.monotonic_ns()
     if delay > 0:
@@ -116,8 +170,12 @@ class Bench:
             time.sleep(0.05)
         return time.monotonic() - start
 
-    def throughput(self, hop: hops.RunningHop) -> dict[str, Any]:
-        """Saturate the hop; spans/s acknowledged and arrived, CPU of each process."""
+    def throughput(self, hop: hops.RunningHop, profile: Path | None = None) -> dict[str, Any]:
+        """Saturate the hop; spans/s acknowledged and arrived, CPU of each process.
+
+        With ``profile``, ``py-spy record`` samples the hop over the window into that file
+        (extra options after the path's suffix ``-gil``: only samples holding the GIL).
+        """
         assert self.loadgen is not None
         args = self.args
         ask(self.sink, ("reset",), 10)
@@ -128,9 +186,18 @@ class Bench:
         _sleep_until(start_ns)
         cpu0 = {name: process_cpu_s(pid) for name, pid in pids.items()}
         machine0 = machine_cpu_s()
+        decided0 = _scoring_counters(hop)
+        spy = _py_spy(hop.pid, profile, args.duration) if profile is not None else None
         _sleep_until(end_ns)
         cpu1 = {name: process_cpu_s(pid) for name, pid in pids.items()}
         machine1 = machine_cpu_s()
+        decided1 = _scoring_counters(hop)
+        if spy is not None:
+            try:
+                spy.wait(30)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+                spy.wait()
         if not self.loadgen.poll(CALL_SLACK_S):
             raise BenchError("the load generator did not finish")
         sent = self.loadgen.recv()
@@ -143,6 +210,9 @@ class Bench:
         seconds = (end_ns - start_ns) / 1e9
         cores = {name: (cpu1[name] - cpu0[name]) / seconds for name in pids}
         sink_rate = window / seconds
+        decided = _decided(decided0, decided1)
+        batches = {key: decided.pop(key) for key in ("batches", "mean_batch_items") if key in decided}
+        scored = sum(value for key, value in decided.items() if key != "fail_open")
         return {
             "spans_per_s_ack": sent["ack_spans_per_s"],
             "spans_per_s_sink": sink_rate,
@@ -157,6 +227,14 @@ class Bench:
             "cpu_cores": {name: round(value, 3) for name, value in cores.items()},
             "machine_cpu_busy": round((machine1[0] - machine0[0]) / max(1e-9, machine1[1] - machine0[1]), 3),
             "spans_per_hop_cpu_s": sink_rate / cores["hop"] if cores["hop"] > 0 else None,
+            # Decided on inside the window (the hop's counters): what the scoring hop scored,
+            # and what it forwarded unscored because scoring fell behind the latency target.
+            "decisions": {key: round(value) for key, value in sorted(decided.items())},
+            "batches": {key: round(value, 1) for key, value in batches.items()},
+            "scored_spans_per_s": scored / seconds if decided else None,
+            "fail_open_share": decided.get("fail_open", 0.0) / max(1.0, sum(decided.values()))
+            if decided
+            else None,
         }
 
     def latency(self, hop: hops.RunningHop, rate_spans: float) -> dict[str, Any]:
@@ -169,6 +247,7 @@ class Bench:
         measured_ns = begin_ns + int(args.latency_warmup * 1e9)
         end_ns = measured_ns + int(args.latency_duration * 1e9)
         timeout = (end_ns - time.monotonic_ns()) / 1e9 + CALL_SLACK_S
+        decided0 = _scoring_counters(hop)
         sent = ask(
             self.loadgen, ("latency", hop.target, rate_rps, begin_ns, end_ns, args.max_inflight), timeout
         )
@@ -179,6 +258,7 @@ class Bench:
             return arrived >= wanted
 
         flush_s = self._wait_for_sink(all_arrived, quiet_s=1.0)
+        decided1 = _scoring_counters(hop)
         markers = ask(self.sink, ("markers",), 30)
         e2e = [arrival - send for _, send, arrival in markers if send >= measured_ns]
         acks = [latency for send, latency in sent["acks"] if send >= measured_ns]
@@ -193,6 +273,9 @@ class Bench:
             "e2e_ms": summary_ms(e2e),
             "ack_ms": summary_ms(acks),
             "max_schedule_lag_ms": sent["max_schedule_lag_ms"],
+            "decisions": {
+                key: round(value, 1) for key, value in sorted(_decided(decided0, decided1).items())
+            },
             "errors": sent["errors"],
             "flush_wait_s": round(flush_s, 3),
         }
@@ -220,6 +303,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--flush-timeout", type=float, default=15.0)
     parser.add_argument(
         "--otelai-config", type=Path, default=None, help="YAML with {GRPC_PORT} {SINK_PORT} {METRICS_PORT}"
+    )
+    parser.add_argument(
+        "--py-spy",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="record otelai hops' stacks (py-spy, all samples, then GIL-holding ones) at saturation",
     )
     args = parser.parse_args(argv)
     if args.latency_duration is None:
@@ -263,10 +353,19 @@ def _ratio(results: dict[str, dict[str, Any]], top: str, bottom: str, key: str) 
     return round(value, 3)
 
 
+def _scored_ratio(results: dict[str, dict[str, Any]]) -> float | None:
+    try:
+        scored = results["otelai-scoring"]["throughput"]["scored_spans_per_s"]
+        value: float = scored / results["otelai"]["throughput"]["spans_per_s_ack"]
+    except (KeyError, TypeError, ZeroDivisionError):
+        return None
+    return round(value, 3)
+
+
 def _table(report: dict[str, Any]) -> str:
     lines = [
         f"{'hop':<14}{'ack spans/s':>13}{'sink spans/s':>14}{'hop cores':>10}"
-        f"{'e2e p50':>9}{'e2e p99':>9}{'added p50':>11}{'added p99':>11}  (ms)"
+        f"{'e2e p50':>9}{'e2e p99':>9}{'added p50':>11}{'added p99':>11}{'fail-open':>10}  (ms)"
     ]
     for name, result in report["hops"].items():
         if "throughput" not in result:
@@ -284,6 +383,7 @@ def _table(report: dict[str, Any]) -> str:
             f"{name:<14}{tput['spans_per_s_ack']:>13,.0f}{tput['spans_per_s_sink']:>14,.0f}"
             f"{fmt(hop_cores, 10, 2)}{fmt(e2e.get('p50'), 9, 2)}{fmt(e2e.get('p99'), 9, 2)}"
             f"{fmt(added.get('p50'), 11, 2)}{fmt(added.get('p99'), 11, 2)}"
+            f"{fmt(tput.get('fail_open_share'), 10, 3)}"
         )
     for key, value in report["ratios"].items():
         lines.append(f"{key}: {value}")
@@ -294,7 +394,11 @@ def _run_hop(bench: Bench, name: str, sink_port: int, workdir: Path, config: str
     try:
         with hops.start(name, sink_port, workdir, otelai_config_text=config) as hop:
             result: dict[str, Any] = {"command": hop.command, "settings": hop.settings}
-            result["throughput"] = bench.throughput(hop)
+            profile = bench.args.py_spy if name.startswith("otelai") else None
+            if profile is not None:
+                profile.mkdir(parents=True, exist_ok=True)
+                bench.throughput(hop, profile / f"{name}-gil.txt")  # an extra, profiled-only phase
+            result["throughput"] = bench.throughput(hop, profile / f"{name}.txt" if profile else None)
             if failure := hop.failure():
                 result["error"] = failure
             return result
@@ -312,7 +416,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "parameters": {
             key: (str(value) if isinstance(value, Path) else value)
             for key, value in vars(args).items()
-            if key not in ("out", "hops")
+            if key not in ("out", "hops", "py_spy")
         },
     }
     config = args.otelai_config.read_text() if args.otelai_config else None
@@ -365,6 +469,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "otelai_scoring_over_rotel_spans_per_s_ack": _ratio(
             results, "otelai-scoring", "rotel", "spans_per_s_ack"
         ),
+        # What the goal means: spans scored, not those forwarded unscored (fail open) because
+        # the saturated hop fell behind its latency target.
+        "otelai_scoring_scored_over_otelai_spans_per_s_ack": _scored_ratio(results),
     }
     report["notes"] = [
         "spans_per_s_sink (arrived at the sink inside the window) is the truth; ack counts what the hop accepted.",

@@ -232,7 +232,8 @@ def otelai(name: str, sink_port: int, workdir: Path, config_text: str | None) ->
         target = f"127.0.0.1:{grpc_port}"
         _wait_http_ready(f"http://127.0.0.1:{metrics_port}/readyz", process, log)
         _wait_grpc_ready(target, process, log)
-        yield RunningHop(name, target, process.pid, command, {"config": config.read_text()}, log, process)
+        settings = {"config": config.read_text(), "metrics": f"http://127.0.0.1:{metrics_port}/metrics"}
+        yield RunningHop(name, target, process.pid, command, settings, log, process)
 
 
 @contextlib.contextmanager

@@ -272,6 +272,9 @@ class Batching(_Model):
     max_wait: Duration = 0.002
     latency_target: Duration = 0.010
     max_queued_items: int = Field(default=65536, ge=1)
+    # How long a request may wait for room in a batch that can still meet the latency target
+    # before it is refused (OVERLOADED / 503 with a retry delay: the client retries).
+    max_admission_wait: Duration = 1.0
 
     @model_validator(mode="after")
     def _ordered(self) -> Batching:
@@ -328,6 +331,9 @@ class Scoring(_Model):
     calibration: Calibration = Calibration()
     pca: PcaModel = PcaModel()
     model: ModelBundle = ModelBundle()
+    # Score in a worker thread instead of on the event loop (measured slower on 2 cores: the
+    # GIL stretches each batch; may help where the models release the GIL for long, e.g. GPUs).
+    worker_thread: bool = False
     # The version tagged on items when no bundle is loaded (a bundle names its own).
     model_version: str = "builtin-0"
 

@@ -73,7 +73,7 @@ class Service:
             self.queues.append(queue)
         self.pipeline = Pipeline(self.queues, self.metrics)
         if cfg.scoring.enabled:
-            self.scoring = Scoring(cfg, self.pipeline, self.metrics)
+            self.scoring = Scoring(cfg, self.pipeline, self.metrics, worker_thread=cfg.scoring.worker_thread)
             await self.scoring.start()
         protocols = cfg.receivers.otlp.protocols
         retry_after = cfg.service.retry_after

@@ -8,7 +8,13 @@ the wait from measured latency lives in :mod:`otelai.batching.controller`; Trito
 batcher (NVIDIA Triton Inference Server, "Dynamic Batcher") is the offline-tuned original.
 
 Requests are never split: a batch holds whole requests, and a request larger than the
-target makes a batch of its own. The batcher never raises into its caller: a full queue
+target makes a batch of its own.
+
+Admission: :meth:`has_room` says whether a request would, by the controller's cost model,
+finish within the latency target behind what is queued and in flight; :meth:`wait_for_room`
+holds a caller until it would (flow control, as a full HTTP/2 window holds a sender). A
+saturated hop then keeps its queue short enough to score every request it takes, instead of
+letting requests age past the target in the queue (each would be forwarded unscored). The batcher never raises into its caller: a full queue
 refuses the request (``offer`` returns ``False``, back-pressure), a failing ``process``
 hands its requests to ``on_error`` and the worker carries on, and ``stop`` hands whatever
 it did not process to ``on_error`` too, so the pipeline can fail open and lose nothing.
@@ -108,11 +114,62 @@ class AdaptiveBatcher(Generic[T]):
         self._flushing = False
         self._closed = False
         self._task: asyncio.Task[None] | None = None
+        # The batch in flight: (items, start time); wakes room waiters when it ends.
+        self._in_flight: tuple[int, float] | None = None
+        self._admission = asyncio.Lock()  # held by the one request waiting for room
+        self._room_changed = asyncio.Event()
 
     @property
     def queued_items(self) -> int:
         """Items waiting (not counting the batch being processed)."""
         return self._queued_items
+
+    def has_room(self, size: int) -> bool:
+        """Whether a request of ``size`` items would finish within the latency target.
+
+        Predicted by the cost model, within ``headroom`` of the target: what is left of the
+        batch in flight (the wait of this request's batch before it starts), and one batch
+        of everything queued plus this request (which bounds the next wait). So no request
+        admitted waits in the queue past the target before its batch starts (it would be
+        forwarded unscored) while batches stay as large as the target allows (larger
+        batches cost less per item). Under saturation a request's latency from admission
+        stays under twice the target; queueing beyond that happens before admission, where
+        it holds no scoring work. Before the model is fitted, room is one batch
+        target's worth of queued items. Always ``True`` when nothing is queued or in flight
+        (a request alone must never wait for room) and once stopped (``offer`` refuses).
+        """
+        if self._closed or (not self._queue and self._in_flight is None):
+            return True
+        model = self.controller.model
+        if model is None:
+            return self._queued_items + size <= self.controller.target
+        left = 0.0
+        if self._in_flight is not None:
+            items, started = self._in_flight
+            left = max(0.0, started + model.cost(items) - asyncio.get_running_loop().time())
+        budget = self.controller.headroom * self.controller.latency_target_p99
+        return left <= budget and model.cost(self._queued_items + size) <= budget
+
+    async def wait_for_room(self, size: int, timeout: float) -> bool:  # noqa: ASYNC109
+        """Wait until :meth:`has_room` (``True``), at most ``timeout`` seconds (``False``).
+
+        Callers are admitted in arrival order: one waits for room at a time, the others
+        wait behind it, so a change of room wakes one task, not every one held.
+        """
+        if not self._admission.locked() and self.has_room(size):
+            return True
+        try:
+            async with asyncio.timeout(timeout), self._admission:
+                while not self.has_room(size):
+                    self._room_changed.clear()
+                    self._wake()  # a batch waiting to fill should start: no more is coming
+                    await self._room_changed.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def _wake_room_waiters(self) -> None:
+        self._room_changed.set()
 
     def offer(self, item: T) -> bool:
         """Queue ``item``; ``False`` (and nothing queued) when the queue is full or stopped.
@@ -173,6 +230,7 @@ class AdaptiveBatcher(Generic[T]):
         self._queue.clear()
         self._queued_items = 0
         self._idle.set()
+        self._wake_room_waiters()
         if left:
             self._report_error(left, BatcherStopped("batcher stopped before processing"))
 
@@ -202,7 +260,12 @@ class AdaptiveBatcher(Generic[T]):
                 self._idle.set()
                 await self._sleep_or_wake(None)
             deadline = self._queue[0][2] + self.controller.wait
-            while self._queued_items < self.controller.target and not self._flushing:
+            # Requests held for room mean the queue is as full as it may get: start now.
+            while (
+                self._queued_items < self.controller.target
+                and not self._flushing
+                and not self._admission.locked()
+            ):
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break
@@ -240,6 +303,8 @@ class AdaptiveBatcher(Generic[T]):
         items, sizes, times = self._take()
         total = sum(sizes)
         started = loop.time()
+        self._in_flight = (total, started)
+        self._wake_room_waiters()  # the queue just emptied into this batch
         failed = False
         try:
             await self._process(items)
@@ -250,6 +315,8 @@ class AdaptiveBatcher(Generic[T]):
             failed = True
             log.error("batch processing failed", extra={"requests": len(items), "error": repr(exc)})
             self._report_error(items, exc)
+        finally:
+            self._in_flight = None
         done = loop.time()
         self._observe(
             total,
@@ -259,6 +326,7 @@ class AdaptiveBatcher(Generic[T]):
             done,
             failed,
         )
+        self._wake_room_waiters()  # after the model has learnt from this batch
 
     def _observe(
         self,

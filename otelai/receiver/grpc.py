@@ -187,7 +187,7 @@ class GrpcReceiver:
 
 
 _NO_TOKEN = "missing or invalid bearer token"
-_OVERLOADED = "otelai is over capacity: the exporters' queues are full; retry later"
+_OVERLOADED = "otelai is over capacity (scoring or the exporters' queues are full); retry later"
 _STOPPING = "otelai is shutting down; retry later"
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 

@@ -32,7 +32,7 @@ from otelai.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-_OVERLOADED = "otelai is over capacity: the exporters' queues are full; retry later"
+_OVERLOADED = "otelai is over capacity (scoring or the exporters' queues are full); retry later"
 _STOPPING = "otelai is shutting down; retry later"
 _NO_TOKEN = "missing or invalid bearer token"
 # Time aiohttp gives running handlers to finish when the receiver stops; the service stops

@@ -34,7 +34,9 @@ class Scoring:
     Raises :class:`~otelai.service.StartupError` if the configured model bundle cannot be used.
     """
 
-    def __init__(self, config: Config, pipeline: Pipeline, metrics: Metrics) -> None:
+    def __init__(
+        self, config: Config, pipeline: Pipeline, metrics: Metrics, *, worker_thread: bool = False
+    ) -> None:
         self.config = config
         self._metrics = metrics
         self.bundle = _bundle(config)
@@ -44,7 +46,9 @@ class Scoring:
         # What the processors call from the scoring thread, run on the event loop.
         self._loop_alerter = LoopAlerter(self.alerter)
         self._loop_mitigation = LoopMitigation(self.mitigation) if self.mitigation is not None else None
-        self._executor = scoring_executor()
+        # Off by default: on a loaded 2-core machine the thread lost (benchmarks/hop.py; the
+        # GIL hand-offs stretch each batch's wall time, and the batcher then cuts batches).
+        self._executor = scoring_executor() if worker_thread else None
         self.stages: dict[Signal, ScoringStage] = {}
         interval = config.summaries.interval
         flushed = False
@@ -56,7 +60,8 @@ class Scoring:
                 processor = self._processor(signal, flush_summaries=not flushed)
             except BundleError as exc:  # its files load, but its models cannot be built
                 self._close_stages()
-                self._executor.shutdown(wait=False)
+                if self._executor is not None:
+                    self._executor.shutdown(wait=False)
                 raise _startup_error(exc) from exc
             flushed = flushed or signal in (Signal.TRACES, Signal.LOGS)
             stage = ScoringStage(
@@ -65,6 +70,7 @@ class Scoring:
                 config.scoring.batching,
                 metrics,
                 tick_interval=interval,
+                max_admission_wait=config.scoring.batching.max_admission_wait,
                 executor=self._executor,
             )
             self.stages[signal] = stage
@@ -163,7 +169,8 @@ class Scoring:
             self._watcher = None
         for stage in self.stages.values():
             await stage.stop()
-        self._executor.shutdown(wait=True)  # idle: each stage waited for its calls
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)  # idle: each stage waited for its calls
         self._close_stages()
         if self.alerter is not None:
             await self.alerter.shutdown()

@@ -1,12 +1,24 @@
 """The scoring stage of one signal: adaptive batches in, scored and selected payloads out.
 
 A request is acknowledged only after its batch was scored and what is kept of it sits in the
-exporters' queues, so a persistent queue still holds everything acknowledged. Scoring runs on
-the event loop (no worker thread: under the GIL a thread adds switching jitter to every
-request's latency, and the batcher bounds how long one batch holds the loop).
+exporters' queues, so a persistent queue still holds everything acknowledged.
+
+Where scoring runs: given an ``executor`` (one thread, shared by every stage so that the
+processors, their shared summaries and the critical-trace set are only ever touched by one
+thread), the processor's calls run there while the event loop goes on receiving, parsing and
+exporting. The numba kernels (``nogil``), ONNX Runtime and the larger numpy operations release
+the GIL, so on a second core the loop's work overlaps that part of scoring. Without an
+executor, scoring runs on the event loop (the batcher bounds how long one batch holds it).
+Batches still run one at a time and in order; results are delivered on the event loop.
 
 Fail open: when a batch cannot be scored (an error) or has already waited past the latency
-target (too slow), its items are forwarded tagged ``otelai.selection.reason=fail_open``.
+target since it was queued (too slow), its items are forwarded tagged
+``otelai.selection.reason=fail_open``.
+
+Back-pressure: a request is queued only when the batcher predicts it can be scored within the
+latency target (:meth:`AdaptiveBatcher.wait_for_room`); otherwise it waits for room, up to
+``max_admission_wait``, and is then refused (``OVERLOADED``: the client retries). A saturated
+hop thus scores what it takes, rather than taking everything and forwarding most of it unscored.
 """
 
 from __future__ import annotations
@@ -14,8 +26,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from typing import Any, Protocol, TypeVar
 
 from otelai.batching.adaptive import AdaptiveBatcher
 from otelai.config import Batching
@@ -25,7 +38,9 @@ from otelai.telemetry.metrics import Metrics
 
 log = logging.getLogger("otelai.scoring")
 
-_Item = tuple[Payload, "asyncio.Future[Admission]"]
+# (request, its acknowledgement, monotonic ns when it was queued)
+_Item = tuple[Payload, "asyncio.Future[Admission]", int]
+_R = TypeVar("_R")
 
 
 class Processor(Protocol):
@@ -61,6 +76,13 @@ class ScoringStage:
         ``otelai_batch_size``, ``otelai_sla_violations_total``, fail-open counts.
     tick_interval
         Seconds between ``processor.tick`` calls (summaries).
+    max_admission_wait
+        Longest a request waits for room in the queue before it is refused, seconds. Long:
+        a held request costs no CPU, a refused one was received and parsed for nothing and
+        comes back.
+    executor
+        Where the processor's calls run (a single thread, shared by all stages); ``None``:
+        on the event loop. The caller owns it and shuts it down after :meth:`stop`.
     """
 
     def __init__(
@@ -71,8 +93,15 @@ class ScoringStage:
         metrics: Metrics,
         *,
         tick_interval: float = 10.0,
+        max_admission_wait: float = 1.0,
+        executor: Executor | None = None,
     ) -> None:
         self.processor = processor
+        self._executor = executor
+        self._max_admission_wait = max_admission_wait
+        # Processor calls on the executor: stop() waits for them, so the processor is never
+        # closed while a call is still running on its thread.
+        self._running: set[asyncio.Future[Any]] = set()
         self._pipeline = pipeline
         self._metrics = metrics
         self._target_ns = int(batching.latency_target * 1e9)
@@ -97,14 +126,17 @@ class ScoringStage:
         self._ticker = asyncio.create_task(self._tick_loop(), name=f"otelai-tick-{self.processor.signal}")
 
     async def submit(self, payload: Payload) -> Admission:
+        batcher = self._batcher
+        if not await batcher.wait_for_room(payload.items, self._max_admission_wait):
+            return Admission.OVERLOADED
         future: asyncio.Future[Admission] = asyncio.get_running_loop().create_future()
-        if not self._batcher.offer((payload, future)):
+        if not batcher.offer((payload, future, time.monotonic_ns())):
             return Admission.OVERLOADED
         return await future
 
     async def drain(self, timeout: float) -> bool:  # noqa: ASYNC109
         drained = await self._batcher.drain(timeout)
-        self._flush_ticks(final=True)
+        await self._flush_ticks(final=True)
         return drained
 
     async def stop(self) -> None:
@@ -113,22 +145,52 @@ class ScoringStage:
             await asyncio.gather(self._ticker, return_exceptions=True)
             self._ticker = None
         await self._batcher.stop()
+        if self._running:  # cancelled on the loop, still running on their thread
+            await asyncio.gather(*self._running, return_exceptions=True)
+
+    async def _call(
+        self,
+        function: Callable[[Sequence[Payload]], _R],
+        payloads: Sequence[Payload],
+        on_result: Callable[[_R], object] | None = None,
+    ) -> _R:
+        """``function(payloads)`` on the executor (or here, without one).
+
+        ``on_result`` gets the result on the event loop even when the awaiting task is
+        cancelled meanwhile (the thread cannot be), so nothing computed is dropped.
+        """
+        if self._executor is None:
+            result = function(payloads)
+            if on_result is not None:
+                on_result(result)
+            return result
+        future = asyncio.get_running_loop().run_in_executor(self._executor, function, payloads)
+        self._running.add(future)
+        future.add_done_callback(self._running.discard)
+        if on_result is not None:
+            future.add_done_callback(lambda done: on_result(done.result()))
+        return await asyncio.shield(future)
 
     def _on_batch(self, items: int, seconds: float) -> None:
         self._metrics.batch_size.observe(items)
 
     async def _process(self, items: list[_Item]) -> None:
-        payloads = [payload for payload, _ in items]
-        oldest = min(payload.received_ns for payload in payloads)
+        payloads = [payload for payload, _, _ in items]
+        # Since queued, not since received: time spent waiting for room was not in the queue.
+        oldest = min(queued for _, _, queued in items)
         if time.monotonic_ns() - oldest > self._target_ns:
             forward = self._fail_open(payloads, "too_slow")
         else:
-            try:
-                forward = self.processor.process(payloads)
-            except Exception:
-                log.exception("scoring failed; forwarding the batch unscored")
-                forward = self._fail_open(payloads, "error")
+            forward = await self._call(self._score, payloads)
         self._finish(items, forward)
+
+    def _score(self, payloads: Sequence[Payload]) -> list[Payload]:
+        """Scoring and selection of one batch; on the executor's thread when there is one."""
+        try:
+            return self.processor.process(payloads)
+        except Exception:
+            log.exception("scoring failed; forwarding the batch unscored")
+            return self._fail_open(payloads, "error")
 
     def _fail_open(self, payloads: Sequence[Payload], reason: str) -> list[Payload]:
         items = sum(payload.items for payload in payloads)
@@ -147,25 +209,30 @@ class ScoringStage:
             if admission is not Admission.ACCEPTED:
                 break
         if admission is Admission.ACCEPTED:
-            self._pipeline.observe_latency([payload for payload, _ in items])
-        for _, future in items:
+            self._pipeline.observe_latency([payload for payload, _, _ in items])
+        for _, future, _ in items:
             if not future.done():
                 future.set_result(admission)
 
     def _on_error(self, items: Sequence[_Item], exc: BaseException) -> None:
         # The batcher could not run ``_process`` (stopped, or a bug): forward unscored.
-        self._finish(items, self._fail_open([payload for payload, _ in items], "error"))
+        self._finish(items, self._fail_open([payload for payload, _, _ in items], "error"))
 
     async def _tick_loop(self) -> None:
         while True:
             await asyncio.sleep(self._tick_interval)
-            self._flush_ticks()
+            await self._flush_ticks()
 
-    def _flush_ticks(self, final: bool = False) -> None:
+    def _tick(self, _: Sequence[Payload]) -> list[Payload]:
         try:
-            self._pending_ticks.extend(self.processor.tick(time.time_ns()))
+            return self.processor.tick(time.time_ns())
         except Exception:
             log.exception("periodic output failed")
+            return []
+
+    async def _flush_ticks(self, final: bool = False) -> None:
+        # On the executor too: the summaries are shared with the batch path.
+        await self._call(self._tick, (), on_result=self._pending_ticks.extend)
         # Summaries the exporters cannot take now wait for the next tick; at the end, try once.
         while self._pending_ticks:
             if self._pipeline.deliver(self._pending_ticks[0]) is not Admission.ACCEPTED:

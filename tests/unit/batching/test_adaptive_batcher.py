@@ -305,3 +305,56 @@ def test_failing_process_reports_requests_and_batcher_carries_on() -> None:
     assert failed[0][0] == [(1, 1)]
     assert isinstance(failed[0][1], ValueError)
     assert batch_sizes == [1, 1, 1]
+
+
+def test_admission_under_overload_starts_every_batch_before_its_requests_are_overdue() -> None:
+    # 1 ms + 10 us an item: about 900 items a second fit; 16 callers offer 64 items every ms.
+    model = Model(a=0.001, b=10e-6)
+    held = 0
+
+    async def caller(batcher: AdaptiveBatcher[Request], first: int, until: float) -> None:
+        nonlocal held
+        loop = asyncio.get_running_loop()
+        seq = first
+        while loop.time() < until:
+            held += not batcher.has_room(64)
+            if await batcher.wait_for_room(64, timeout=0.05):
+                model.enqueued[seq] = loop.time()
+                assert batcher.offer((seq, 64))
+                seq += 1
+            await asyncio.sleep(0.001)
+
+    async def main() -> None:
+        batcher = AdaptiveBatcher(model.process, size_of=_items, latency_target_p99=0.010)
+        await batcher.start()
+        await asyncio.gather(*(caller(batcher, i * 1_000_000, 2.0) for i in range(16)))
+        assert await batcher.drain(1.0)
+        await batcher.stop()
+
+    run_virtual(main())
+    assert held > 0  # more was offered than fits: callers were held at admission
+    late = [(start, batch) for start, batch in zip(model.starts, model.batches, strict=True) if start > 0.5]
+    # Nothing admitted waits in the queue past the target (it would be forwarded unscored) ...
+    assert max(start - model.enqueued[seq] for start, batch in late for seq, _ in batch) <= 0.010
+    # ... and batches stay big enough to amortise the per-batch cost.
+    assert np.mean([len(batch) for _, batch in late]) >= 3
+    assert model.p99_after(0.5) <= 0.020
+
+
+def test_has_room_before_the_model_is_fitted_and_when_idle() -> None:
+    model = Model(a=0.001, b=10e-6)
+
+    async def main() -> tuple[bool, bool, bool]:
+        batcher = AdaptiveBatcher(model.process, size_of=_items, latency_target_p99=0.010)
+        unfitted = batcher.has_room(1_000_000)  # idle, unfitted
+        await batcher.start()
+        await _load(batcher, model, items=64, interval=0.005, until=0.2)
+        assert await batcher.drain(1.0)
+        idle = batcher.has_room(1_000_000)  # alone, any request is taken
+        model.enqueued[-1] = 0.0
+        batcher.offer((-1, 2000))  # 21 ms of work queued
+        crowded = batcher.has_room(64)
+        await batcher.stop()
+        return unfitted, idle, crowded
+
+    assert run_virtual(main()) == (True, True, False)

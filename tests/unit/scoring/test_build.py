@@ -26,3 +26,12 @@ async def test_model_info_names_the_backend_in_use() -> None:
     assert registry.get_sample_value("otelai_model_info", {"version": "v9", "backend": "none"}) is None
     await scoring.start()
     await scoring.stop()
+
+
+async def test_a_worker_thread_scores_and_stops_cleanly() -> None:
+    config = load_config(text="scoring: {signals: [traces, logs], model: {enabled: false}}")
+    metrics = Metrics(CollectorRegistry())
+    scoring = Scoring(config, Pipeline([], metrics), metrics, worker_thread=True)
+    await scoring.start()
+    assert await scoring.drain(5.0)  # the ticks ran on the thread
+    await scoring.stop()

@@ -1,5 +1,8 @@
 import asyncio
+import threading
+import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from prometheus_client import CollectorRegistry
 
@@ -95,15 +98,50 @@ async def test_scoring_failure_fails_open_and_loses_nothing() -> None:
         await stage.stop()
 
 
-async def test_a_batch_past_its_deadline_is_forwarded_unscored() -> None:
+class Stalling(Halver):
+    """Blocks its thread for ``seconds`` on the first batch (a model stall)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def process(self, payloads: Sequence[Payload]) -> list[Payload]:
+        if not self.batches:
+            time.sleep(self.seconds)
+        return super().process(payloads)
+
+
+async def test_a_batch_queued_past_its_deadline_is_forwarded_unscored() -> None:
+    box, processor = Box(), Stalling(0.1)
+    metrics = Metrics(CollectorRegistry())
+    pipeline = Pipeline([box], metrics)
+    # Batches of one request; the second queues behind the first, which stalls on the thread.
+    batching = Batching(min_batch_size=2, max_batch_size=2, max_wait="0s", latency_target="20ms")
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        stage = ScoringStage(processor, pipeline, batching, metrics, tick_interval=3600, executor=executor)
+        pipeline.stages[Signal.TRACES] = stage
+        await stage.start()
+        try:
+            first, second = Payload(Signal.TRACES, b"a", 2), Payload(Signal.TRACES, b"b", 2)
+            acked_first = asyncio.ensure_future(pipeline.submit(first))
+            await asyncio.sleep(0.02)  # the first batch is on the thread, stalled
+            assert await pipeline.submit(second) is Admission.ACCEPTED
+            assert await acked_first is Admission.ACCEPTED
+            assert processor.failed_open == ["too_slow"]
+            assert box.items == [first, second]
+        finally:
+            await stage.stop()
+
+
+async def test_a_request_that_waited_for_room_is_not_counted_too_slow() -> None:
     box, processor = Box(), Halver()
     pipeline, stage, _ = _setup(processor, box)
     await stage.start()
     try:
-        stale = Payload(Signal.TRACES, b"x", 2, received_ns=0)  # received long ago
-        assert await pipeline.submit(stale) is Admission.ACCEPTED
-        assert processor.failed_open == ["too_slow"]
-        assert box.items == [stale]
+        received_long_ago = Payload(Signal.TRACES, b"x", 2, received_ns=0)
+        assert await pipeline.submit(received_long_ago) is Admission.ACCEPTED
+        assert processor.failed_open == []
+        assert box.items == [received_long_ago]
     finally:
         await stage.stop()
 
@@ -129,3 +167,58 @@ async def test_periodic_output_is_delivered_on_drain() -> None:
         assert [p.data for p in box.items] == [b"summary"]
     finally:
         await stage.stop()
+
+
+class ThreadRecorder(Halver):
+    """Records the thread each call runs on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: set[int] = set()
+
+    def process(self, payloads: Sequence[Payload]) -> list[Payload]:
+        self.threads.add(threading.get_ident())
+        return super().process(payloads)
+
+    def tick(self, now_ns: int) -> list[Payload]:
+        self.threads.add(threading.get_ident())
+        return super().tick(now_ns)
+
+
+async def test_with_an_executor_the_processor_runs_on_its_thread_and_results_come_back() -> None:
+    box, processor = Box(), ThreadRecorder()
+    metrics = Metrics(CollectorRegistry())
+    pipeline = Pipeline([box], metrics)
+    batching = Batching(min_batch_size=1, max_batch_size=64, max_wait="1ms", latency_target="5s")
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        stage = ScoringStage(processor, pipeline, batching, metrics, tick_interval=3600, executor=executor)
+        pipeline.stages[Signal.TRACES] = stage
+        await stage.start()
+        try:
+            payloads = [Payload(Signal.TRACES, b"x", n) for n in range(1, 9)]
+            results = await asyncio.gather(*(pipeline.submit(p) for p in payloads))
+            assert all(r is Admission.ACCEPTED for r in results)
+            assert await stage.drain(1.0)
+        finally:
+            await stage.stop()
+    assert sorted(p.items for p in box.items if p.signal is Signal.TRACES) == [2, 4, 6, 8]
+    assert [p.data for p in box.items if p.signal is Signal.METRICS] == [b"summary"]
+    assert processor.threads and threading.get_ident() not in processor.threads
+
+
+async def test_stop_waits_for_the_batch_on_the_thread_and_loses_nothing() -> None:
+    box, processor = Box(), Stalling(0.2)
+    metrics = Metrics(CollectorRegistry())
+    pipeline = Pipeline([box], metrics)
+    batching = Batching(min_batch_size=1, max_batch_size=64, max_wait="0s", latency_target="5s")
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        stage = ScoringStage(processor, pipeline, batching, metrics, tick_interval=3600, executor=executor)
+        pipeline.stages[Signal.TRACES] = stage
+        await stage.start()
+        submitted = asyncio.ensure_future(pipeline.submit(Payload(Signal.TRACES, b"x", 2)))
+        await asyncio.sleep(0.05)  # the batch is on the thread now, stalled
+        await stage.stop()
+        assert processor.batches == [1]  # stop returned only after the thread finished
+    assert await submitted is Admission.ACCEPTED
+    assert processor.failed_open == ["error"]  # cancelled mid-batch: forwarded unscored
+    assert len(box.items) == 1
