@@ -11,15 +11,13 @@ feature rows (:class:`otelai.detectors.autoencoder.AutoencoderDetector`).
 
 from __future__ import annotations
 
-import io
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from otelai.detectors.pca import IR_VERSION, OPSET
+from otelai.models.training.onnx_export import export_module
 
 F32 = npt.NDArray[np.float32]
 
@@ -169,26 +167,4 @@ def train_autoencoder(
 
 def export_onnx(module: Any, width: int) -> bytes:
     """The module as an ONNX graph: input ``x`` [batch, width], outputs ``score``, ``residual``."""
-    import onnx
-    import torch
-
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        # The TorchScript exporter is the one that needs no onnxscript; it warns that it is legacy.
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module,
-            (torch.zeros(2, width),),
-            buffer,  # type: ignore[arg-type]  # a file object works; the stub names paths only
-            dynamo=False,
-            input_names=["x"],
-            output_names=["score", "residual"],
-            dynamic_axes={"x": {0: "batch"}, "score": {0: "batch"}, "residual": {0: "batch"}},
-            opset_version=OPSET,
-        )
-    model = onnx.load_from_string(buffer.getvalue())
-    model.ir_version = IR_VERSION
-    model.producer_name = "otelai"
-    onnx.checker.check_model(model)
-    data: bytes = model.SerializeToString()
-    return data
+    return export_module(module, width, ["score", "residual"])

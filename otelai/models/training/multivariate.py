@@ -14,18 +14,16 @@ min-max normalisation in front of it, is exported with the TorchScript ONNX expo
 
 from __future__ import annotations
 
-import io
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm
 
 from otelai.detectors.multivariate import sliding_windows
-from otelai.detectors.pca import IR_VERSION, OPSET
+from otelai.models.training.onnx_export import export_module
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -197,29 +195,7 @@ def train_window_autoencoder(
 
 def export_onnx(module: Any, flat: int) -> bytes:
     """The module as an ONNX graph: input ``x`` ``(batch, flat)``, output ``error``."""
-    import onnx
-    import torch
-
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        # The TorchScript exporter needs no onnxscript; it warns that it is legacy.
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module,
-            (torch.zeros(2, flat),),
-            cast(Any, buffer),  # a file object works; the stubs only name paths
-            dynamo=False,
-            input_names=["x"],
-            output_names=["error"],
-            dynamic_axes={"x": {0: "batch"}, "error": {0: "batch"}},
-            opset_version=OPSET,
-        )
-    model = onnx.load_from_string(buffer.getvalue())
-    model.ir_version = IR_VERSION
-    model.producer_name = "otelai"
-    onnx.checker.check_model(model)
-    data: bytes = model.SerializeToString()
-    return data
+    return export_module(module, flat, ["error"])
 
 
 def torch_errors(trained: TrainedWindowAutoencoder, rows: npt.ArrayLike) -> F32:
