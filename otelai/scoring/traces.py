@@ -125,6 +125,7 @@ class TraceProcessor:
         self.critical = CriticalTraces(
             ttl=selection.critical_trace_ttl, max_traces=selection.max_critical_traces
         )
+        metrics.calibration_warm.labels("traces").set(1 if self.scorer.warm else 0)
         # Summary series id by operation id + 1 (-1: not interned yet; slot 0 for OVERFLOW).
         self._summary_series = np.zeros(0, dtype=np.int64)
         self._summary_interval = -1  # the summaries interval the cached series ids belong to
@@ -415,6 +416,7 @@ class TraceProcessor:
         return out
 
     def tick(self, now_ns: int) -> list[Payload]:
+        self._metrics.calibration_warm.labels("traces").set(1 if self.scorer.warm else 0)
         if self._summaries is None or not self._flush_summaries or self._summaries.empty:
             return []
         data, points = self._summaries.flush_counted(now_ns)

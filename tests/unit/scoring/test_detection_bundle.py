@@ -105,9 +105,11 @@ def test_trace_processor_starts_from_a_traces_bundle(tmp_path: Path) -> None:
     )
     bundle = save_bundle(tmp_path, manifest)
     config = load_config(None)
-    processor = TraceProcessor(config, Metrics(CollectorRegistry()), bundle=bundle)
+    registry = CollectorRegistry()
+    processor = TraceProcessor(config, Metrics(registry), bundle=bundle)
     try:
         assert processor.scorer.warm
+        assert registry.get_sample_value("otelai_calibration_warm", {"signal": "traces"}) == 1
         assert [d.name for d in processor.scorer.detectors][-1] == "isolation_forest"
         assert (processor._anomaly, processor._critical, processor._model_version) == (
             0.99,
