@@ -8,6 +8,7 @@ accepting, close receivers, drain queues within ``service.shutdown_timeout``, st
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import time
@@ -87,6 +88,11 @@ class Service:
             await self.http.start()
         if self.grpc is not None:
             self.grpc.set_serving(True)
+        # Everything loaded so far (modules, models, compiled kernels) lives as long as the
+        # process: keep it out of the cyclic GC, whose full passes over it otherwise stall the
+        # event loop for tens of ms at a time while the heap grows after start-up.
+        gc.collect()
+        gc.freeze()
         self._ready = True
         log.info(
             "otelai started",
