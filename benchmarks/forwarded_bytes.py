@@ -42,11 +42,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -59,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from hops import _die_with_parent, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "otel-demo"
@@ -71,20 +69,6 @@ SELECTION_REASON = "otelai.selection.reason"
 
 
 # -- the service ---------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A loopback port free right now (the service binds it a moment later)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _die_with_parent() -> None:
-    # Linux: the service gets SIGTERM if the benchmark dies, so no process outlives a crash.
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:

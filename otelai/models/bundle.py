@@ -90,6 +90,16 @@ class SignalModel(_Model):
     calibration: Calibration = Calibration()  # of the combined score
     thresholds: Thresholds = Thresholds()
 
+    def thresholds_under(self, selection: Any) -> tuple[float, float]:
+        """(anomaly, critical): the bundle's, except those ``selection`` (the configuration's
+        ``selection`` section) sets explicitly; critical is never below anomaly."""
+        chosen = selection.model_fields_set
+        anomaly = selection.anomaly_threshold if "anomaly_threshold" in chosen else self.thresholds.anomaly
+        critical = (
+            selection.critical_threshold if "critical_threshold" in chosen else self.thresholds.critical
+        )
+        return anomaly, max(anomaly, critical)
+
 
 class Training(_Model):
     """What the bundle was trained on: enough to reproduce it and to judge where it applies."""

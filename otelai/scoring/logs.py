@@ -57,7 +57,7 @@ from numpy.typing import NDArray
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
 from otelai.backends.select import FallbackCallback
-from otelai.config import Config, Selection
+from otelai.config import Config
 from otelai.config import Scoring as ScoringConfig
 from otelai.decision import sampling
 from otelai.decision.actions import Alert, Alerter, MitigationHook
@@ -79,7 +79,7 @@ from otelai.detectors.registry import Serving
 from otelai.features.logs import SCHEMA, LogBatch, LogState, log_features
 from otelai.features.otlp_layout import ItemLayout, ResourceCache, locate_items, range_hash
 from otelai.features.wire import LEN, gather_fixed, tag, walk
-from otelai.models.bundle import Bundle, BundleError
+from otelai.models.bundle import Bundle, BundleError, SignalModel
 from otelai.pipeline import Payload
 from otelai.scoring.detection import default_scorer
 from otelai.scoring.scorer import Scored
@@ -242,7 +242,7 @@ class LogProcessor:
             assert bundle is not None
             self.state = self.sessions.state
             self._model_version = bundle.manifest.version
-            self._session_anomaly, self._session_critical = _session_thresholds(bundle, selection)
+            self._session_anomaly, self._session_critical = _logs_model(bundle).thresholds_under(selection)
             self._session_names = _detector_names(bundle)
             name = self._session_names[0]
             self._session_reasons = (f"{name}: unexpected template", f"{name}: unseen template")
@@ -599,14 +599,10 @@ def _session_model(
         raise BundleError(f"bundle {bundle.path}: the logs session models cannot be loaded: {exc}") from exc
 
 
-def _session_thresholds(bundle: Bundle, selection: Selection) -> tuple[float, float]:
-    """The bundle's logs thresholds, except those the configuration sets explicitly."""
+def _logs_model(bundle: Bundle) -> SignalModel:
     model = bundle.signal("logs")
-    assert model is not None
-    chosen = selection.model_fields_set
-    anomaly = selection.anomaly_threshold if "anomaly_threshold" in chosen else model.thresholds.anomaly
-    critical = selection.critical_threshold if "critical_threshold" in chosen else model.thresholds.critical
-    return anomaly, max(anomaly, critical)
+    assert model is not None  # only called for bundles with session models
+    return model
 
 
 def _detector_names(bundle: Bundle) -> tuple[str, str]:

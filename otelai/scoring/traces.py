@@ -138,11 +138,7 @@ class TraceProcessor:
         from otelai.models.span_state import BASELINES_FILE, load_span_baselines
 
         self._model_version = bundle.manifest.version
-        chosen = selection.model_fields_set
-        if "anomaly_threshold" not in chosen:
-            self._anomaly = model.thresholds.anomaly
-        if "critical_threshold" not in chosen:
-            self._critical = model.thresholds.critical
+        self._anomaly, self._critical = model.thresholds_under(selection)
         if BASELINES_FILE in bundle.manifest.files:
             load_span_baselines(bundle.file(BASELINES_FILE), self.baselines, self.interner)
 

@@ -61,7 +61,7 @@ from otelai.models.bundle import (
     save_bundle,
 )
 from otelai.models.evaluation.metrics import pr_auc, roc_auc
-from otelai.models.span_state import load_span_baselines, save_span_baselines
+from otelai.models.span_state import BASELINES_FILE, load_span_baselines, save_span_baselines
 from otelai.models.task import Evaluation, Task
 from otelai.replay.otel_demo import iter_windows, window_requests
 
@@ -72,7 +72,6 @@ F64 = npt.NDArray[np.float64]
 
 DATASET = "otel-demo"
 LIGHT_SPANS = 500  # light windows hold about 100 spans, heavy ones 1,000 or more
-BASELINES_FILE = "span_baselines.npz"
 THRESHOLD_GRID = (0.99, 0.995, 0.998, 0.999)
 NORMAL_FLAGS = frozenset({"", "none", "baseline"})
 PUBLISHED = {"rrcf_roc_auc": 0.75, "rrcf_f1": 0.51}  # the source repository's own comparison
