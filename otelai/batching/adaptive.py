@@ -127,7 +127,8 @@ class AdaptiveBatcher(Generic[T]):
     def has_room(self, size: int) -> bool:
         """Whether a request of ``size`` items would finish within the latency target.
 
-        Predicted by the cost model, within ``headroom`` of the target: what is left of the
+        Predicted by the cost model, within the controller's admission budget (``headroom``
+        of the target, scaled down while admitted requests overrun it): what is left of the
         batch in flight (the wait of this request's batch before it starts), and one batch
         of everything queued plus this request (which bounds the next wait). So no request
         admitted waits in the queue past the target before its batch starts (it would be
@@ -147,7 +148,7 @@ class AdaptiveBatcher(Generic[T]):
         if self._in_flight is not None:
             items, started = self._in_flight
             left = max(0.0, started + model.cost(items) - asyncio.get_running_loop().time())
-        budget = self.controller.headroom * self.controller.latency_target_p99
+        budget = self.controller.admission_budget
         return left <= budget and model.cost(self._queued_items + size) <= budget
 
     async def wait_for_room(self, size: int, timeout: float) -> bool:  # noqa: ASYNC109

@@ -42,6 +42,22 @@ then ``N`` is clamped by the model:
 and finally ``min_batch_size <= N <= max_batch_size``. The wait ``W`` (how long the oldest
 request may wait for its batch to fill) is clamped to ``[0, min(max_wait, headroom * T -
 cost(N))]``, so that under light load, where batches close by time, ``W + cost`` still fits.
+
+Admission budget
+----------------
+The batcher admits a request when the model predicts it finishes within ``headroom * T``
+(:meth:`AdaptiveBatcher.has_room`). The model prices scoring alone, but a queued request also
+waits for everything else the event loop does between batches (receiving and parsing other
+requests, exporting), which the model cannot see and which grows with load. So the budget it
+admits against is scaled by a factor ``k`` moved by AIMD on what admitted requests lived:
+``k <- admission_decrease * k`` after a batch in which a request waited in the queue longer
+than ``headroom * T`` before its batch started (it was admitted on a prediction that did not
+hold, and one that waits past ``T`` is forwarded unscored), ``k <- min(1, k +
+admission_step)`` after one in which none did, with ``k >= min_admission``. Waits, not
+latencies: a batch that runs long once started is the cost model's business, not admission's. This is the loss-based congestion control of TCP (Jacobson,
+SIGCOMM 1988) applied to admission: without it, a hop whose loop is busier than the model
+believes admits requests that then age past the target in the queue and are forwarded
+unscored, which costs little, which admits more.
 """
 
 from __future__ import annotations
@@ -133,6 +149,9 @@ class BatchController:
         Batches in the least-squares fit.
     min_samples
         Requests needed in the window before a decision.
+    admission_step, admission_decrease, min_admission
+        Additive increase, multiplicative decrease and floor of the admission factor (see
+        the module docstring).
     """
 
     def __init__(
@@ -148,6 +167,9 @@ class BatchController:
         latency_window: int = 512,
         model_window: int = 32,
         min_samples: int = 16,
+        admission_step: float = 0.05,
+        admission_decrease: float = 0.7,
+        min_admission: float = 0.05,
     ) -> None:
         if not 1 <= min_batch_size <= max_batch_size:
             raise ValueError("need 1 <= min_batch_size <= max_batch_size")
@@ -163,6 +185,12 @@ class BatchController:
         self.decrease = decrease
         self.step = step if step is not None else min_batch_size
         self.min_samples = min_samples
+        if not 0 < min_admission <= 1 or admission_step <= 0 or not 0 < admission_decrease < 1:
+            raise ValueError("need 0 < min_admission <= 1, admission_step > 0, 0 < admission_decrease < 1")
+        self.admission_decrease = admission_decrease
+        self.admission_step = admission_step
+        self.min_admission = min_admission
+        self._admission = 1.0
         self._latencies = _Ring(latency_window)
         self._sizes = _Ring(model_window)  # value: items, weight: seconds
         self._target = float(min_batch_size)
@@ -191,6 +219,16 @@ class BatchController:
     def model(self) -> CostModel | None:
         """The fitted cost model, ``None`` before two batches."""
         return self._model
+
+    @property
+    def admission(self) -> float:
+        """The admission factor ``k`` in ``[min_admission, 1]``."""
+        return self._admission
+
+    @property
+    def admission_budget(self) -> float:
+        """Seconds a request admitted now may be predicted to take: ``k * headroom * T``."""
+        return self._admission * self.headroom * self.latency_target_p99
 
     @property
     def arrival_rate(self) -> float:
@@ -224,6 +262,11 @@ class BatchController:
         """
         self._sizes.extend(np.array([float(items)]), np.array([seconds]))
         self._model = self._fit()
+        # A request's wait before its batch started is its latency less the batch's processing.
+        if latencies.size and float(latencies.max()) - seconds > self.headroom * self.latency_target_p99:
+            self._admission = max(self.min_admission, self._admission * self.admission_decrease)
+        else:
+            self._admission = min(1.0, self._admission + self.admission_step)
         self._latencies.extend(latencies, weights)
         if len(self._latencies) >= self.min_samples:
             self._p99 = weighted_quantile(*self._latencies.arrays(), 0.99)

@@ -11,9 +11,9 @@ the GIL, so on a second core the loop's work overlaps that part of scoring. With
 executor, scoring runs on the event loop (the batcher bounds how long one batch holds it).
 Batches still run one at a time and in order; results are delivered on the event loop.
 
-Fail open: when a batch cannot be scored (an error) or has already waited past the latency
-target since it was queued (too slow), its items are forwarded tagged
-``otelai.selection.reason=fail_open``.
+Fail open: when a batch cannot be scored (an error), its items are forwarded tagged
+``otelai.selection.reason=fail_open``; so are the requests of a batch that have already waited
+past the latency target since they were queued (too slow), while the rest of it is scored.
 
 Back-pressure: a request is queued only when the batcher predicts it can be scored within the
 latency target (:meth:`AdaptiveBatcher.wait_for_room`); otherwise it waits for room, up to
@@ -175,14 +175,18 @@ class ScoringStage:
         self._metrics.batch_size.observe(items)
 
     async def _process(self, items: list[_Item]) -> None:
-        payloads = [payload for payload, _, _ in items]
         # Since queued, not since received: time spent waiting for room was not in the queue.
-        oldest = min(queued for _, _, queued in items)
-        if time.monotonic_ns() - oldest > self._target_ns:
-            forward = self._fail_open(payloads, "too_slow")
-        else:
-            forward = await self._call(self._score, payloads)
-        self._finish(items, forward)
+        # Only the requests already past the target are forwarded unscored; the rest of the
+        # batch (queued later) is scored: one late request must not cost its whole batch.
+        late_after = time.monotonic_ns() - self._target_ns
+        late = [item for item in items if item[2] < late_after]
+        if not late:
+            self._finish(items, await self._call(self._score, [payload for payload, _, _ in items]))
+            return
+        on_time = [item for item in items if item[2] >= late_after]
+        self._finish(late, self._fail_open([payload for payload, _, _ in late], "too_slow"))
+        if on_time:
+            self._finish(on_time, await self._call(self._score, [payload for payload, _, _ in on_time]))
 
     def _score(self, payloads: Sequence[Payload]) -> list[Payload]:
         """Scoring and selection of one batch; on the executor's thread when there is one."""

@@ -97,3 +97,30 @@ def test_rejects_inconsistent_settings() -> None:
         BatchController(latency_target_p99=0.0)
     with pytest.raises(ValueError, match="decrease"):
         BatchController(decrease=1.5)
+
+
+def test_admission_budget_shrinks_on_overrun_and_recovers_additively() -> None:
+    controller = BatchController(latency_target_p99=0.010, headroom=0.8, admission_step=0.1)
+    assert controller.admission_budget == pytest.approx(0.008)
+    _feed(controller, 100, 0.001, 0.012)  # a request waited 11 ms in the queue
+    assert controller.admission == pytest.approx(0.7)
+    _feed(controller, 100, 0.001, 0.030)
+    assert controller.admission == pytest.approx(0.49)
+    assert controller.admission_budget == pytest.approx(0.49 * 0.008)
+    _feed(controller, 100, 0.008, 0.0085)  # over the target, but it was processing, not waiting
+    assert controller.admission == pytest.approx(0.59)
+    for _ in range(2):
+        _feed(controller, 100, 0.001, 0.002)
+    assert controller.admission == pytest.approx(0.79)
+    for _ in range(10):
+        _feed(controller, 100, 0.001, 0.002)
+    assert controller.admission == 1.0
+
+
+def test_admission_factor_has_a_floor() -> None:
+    controller = BatchController(min_admission=0.1)
+    for _ in range(20):
+        _feed(controller, 100, 0.001, 1.0)
+    assert controller.admission == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="min_admission"):
+        BatchController(min_admission=0.0)

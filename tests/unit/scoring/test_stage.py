@@ -133,6 +133,32 @@ async def test_a_batch_queued_past_its_deadline_is_forwarded_unscored() -> None:
             await stage.stop()
 
 
+async def test_only_the_overdue_requests_of_a_batch_are_forwarded_unscored() -> None:
+    box, processor = Box(), Stalling(0.5)
+    metrics = Metrics(CollectorRegistry())
+    pipeline = Pipeline([box], metrics)
+    batching = Batching(min_batch_size=4, max_batch_size=8, max_wait="0s", latency_target="200ms")
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        stage = ScoringStage(processor, pipeline, batching, metrics, tick_interval=3600, executor=executor)
+        pipeline.stages[Signal.TRACES] = stage
+        await stage.start()
+        try:
+            first = Payload(Signal.TRACES, b"a", 2)
+            overdue, fresh = Payload(Signal.TRACES, b"b", 2), Payload(Signal.TRACES, b"c", 2)
+            acked_first = asyncio.ensure_future(pipeline.submit(first))
+            await asyncio.sleep(0.05)  # the first batch is on the thread, stalled for 0.5 s
+            acked_overdue = asyncio.ensure_future(pipeline.submit(overdue))  # will wait ~450 ms
+            await asyncio.sleep(0.4)
+            acked_fresh = asyncio.ensure_future(pipeline.submit(fresh))  # will wait ~50 ms
+            results = await asyncio.gather(acked_first, acked_overdue, acked_fresh)
+            assert all(result is Admission.ACCEPTED for result in results)
+            assert processor.failed_open == ["too_slow"]  # the overdue request alone
+            assert processor.batches == [1, 1]  # the first request, then the fresh one, scored
+            assert box.items == [first, overdue, fresh]
+        finally:
+            await stage.stop()
+
+
 async def test_a_request_that_waited_for_room_is_not_counted_too_slow() -> None:
     box, processor = Box(), Halver()
     pipeline, stage, _ = _setup(processor, box)
