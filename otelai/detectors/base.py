@@ -37,6 +37,21 @@ class Detector(abc.ABC):
         """Scores and top contributing features in one pass (one inference run where possible)."""
         return self.score_many(features), self.explain_many(features, top)
 
+    def score_keyed(self, features: FloatArray, keys: IntArray | None) -> FloatArray:
+        """Raw scores of rows that belong to the series ``keys`` (one key a row; None: unknown).
+
+        A detector whose state is per series (the key, in arrival order, says which state a row
+        advances) overrides this and :meth:`score_explain_keyed`; every other detector scores
+        the rows alone, which is this default.
+        """
+        return self.score_many(features)
+
+    def score_explain_keyed(
+        self, features: FloatArray, keys: IntArray | None, top: int = 3
+    ) -> tuple[FloatArray, IntArray]:
+        """:meth:`score_keyed` with the top contributing features (see :meth:`score_explain_many`)."""
+        return self.score_explain_many(features, top)
+
     @property
     def ready(self) -> bool:
         """Whether the scores mean anything yet (enough has been learned)."""

@@ -175,6 +175,10 @@ class MultivariateAutoencoder(Detector):
         """Per-metric squared reconstruction errors ``(n, n_features)``; advances the stream."""
         return self._errors(features, advance=True)
 
+    def contributions_many(self, features: FloatArray) -> FloatArray:
+        """Weighted per-metric errors ``(n, n_features)`` (a row's score is their sum); advances."""
+        return self._errors(features, advance=True) * self.weights
+
     def learn_many(self, features: FloatArray) -> None:
         """Nothing to learn online: the autoencoder is trained offline (``otelai train``)."""
 

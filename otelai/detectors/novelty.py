@@ -217,6 +217,16 @@ class NoveltyDetector(Detector):
         """Scores of rows that all belong to one series, in time order (see :meth:`score_series`)."""
         return self.score_series(np.zeros(len(features), dtype=np.int64), features)
 
+    def score_keyed(self, features: FloatArray, keys: I64 | None) -> FloatArray:
+        """Per-series scores (:meth:`score_series`); without keys, the rows are one series."""
+        return self.score_many(features) if keys is None else self.score_series(keys, features)
+
+    def score_explain_keyed(
+        self, features: FloatArray, keys: I64 | None, top: int = 3
+    ) -> tuple[FloatArray, I64]:
+        """Per-series scores; no feature is named (the score reads the value column alone)."""
+        return self.score_keyed(features, keys), self.explain_many(features, top)
+
     def score_series(self, keys: I64, features: FloatArray) -> FloatArray:
         """Scores of rows of many series (``keys``), each series' rows in time order.
 

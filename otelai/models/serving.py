@@ -9,6 +9,12 @@ The logs section may hold either of two kinds of model: per-record models over t
 window of the ``h`` earlier templates of the record's session, ``h`` being a parameter of the
 bundle's next-event detector. Each is checked against what this otelai computes for it; a
 schema name it does not compute is refused.
+
+The metrics section likewise holds per-point models over the rows of
+:data:`otelai.scoring.metrics.SCHEMA` (schema name ``metrics``), or per-resource multivariate
+models (schema name ``<dataset>-server-metrics``, :mod:`otelai.scoring.resource_metrics`) whose
+columns are metric names: any names, as long as they are non-empty and unique and every
+detector is a multivariate autoencoder over exactly those columns.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from otelai.models.bundle import MANIFEST, Bundle, BundleError, SignalModel, Sig
 DEFAULT_BUNDLE = Path(__file__).resolve().parent / "default"
 LOG_RECORDS = "logs"  # schema name of per-record log models
 LOG_SESSIONS = "log-sessions"  # schema name of log session models
+METRIC_POINTS = "metrics"  # schema name of per-point metric models
+SERVER_METRICS = "-server-metrics"  # schema name suffix of per-resource multivariate models
 
 
 def feature_schemas() -> dict[SignalName, FeatureSchema]:
@@ -48,11 +56,75 @@ def load_configured_bundle(settings: ModelBundle) -> Bundle | None:
     if path is None:
         return None
     schemas = feature_schemas()
-    bundle = load_bundle(path, {name: schema for name, schema in schemas.items() if name != "logs"})
+    checked_here = ("logs", "metrics")
+    bundle = load_bundle(path, {name: schema for name, schema in schemas.items() if name not in checked_here})
     logs = bundle.signal("logs")
     if logs is not None:
         bundle.check_schema("logs", log_schema(bundle, logs, schemas["logs"]))
+    metrics = bundle.signal("metrics")
+    if metrics is not None:
+        if is_server_metrics(metrics):
+            check_server_metrics(bundle, metrics)
+        else:
+            bundle.check_schema("metrics", metric_schema(bundle, metrics, schemas["metrics"]))
     return bundle
+
+
+def is_server_metrics(model: SignalModel) -> bool:
+    """Whether a metrics section holds per-resource multivariate models (by its schema name)."""
+    return model.feature_schema.name.endswith(SERVER_METRICS)
+
+
+def metric_schema(bundle: Bundle, model: SignalModel, points: FeatureSchema) -> FeatureSchema:
+    """The per-point schema, if that is the kind of metrics model the bundle declares.
+
+    Raises
+    ------
+    BundleError
+        The schema name is neither ``metrics`` nor ``*-server-metrics``.
+    """
+    name = model.feature_schema.name
+    if name != METRIC_POINTS:
+        raise BundleError(
+            f"bundle {bundle.path}: the metrics models read feature schema {name!r}, which this "
+            f"otelai does not compute (it computes {METRIC_POINTS!r} and '<dataset>{SERVER_METRICS}'); "
+            "retrain it with `otelai train`"
+        )
+    return points
+
+
+def check_server_metrics(bundle: Bundle, model: SignalModel) -> None:
+    """Refuse a server-metrics section this otelai cannot serve.
+
+    Raises
+    ------
+    BundleError
+        Empty or duplicate column names, no detector, a detector that is not a multivariate
+        autoencoder, or one whose ``params.n_features`` is not the number of columns.
+    """
+    from otelai.detectors.multivariate import KIND
+
+    where = f"bundle {bundle.path}: the metrics schema {model.feature_schema.name!r}"
+    columns = model.feature_schema.columns
+    if not columns or not all(columns):
+        raise BundleError(f"{where} has an empty column list or an empty metric name")
+    duplicates = sorted({name for name in columns if columns.count(name) > 1})
+    if duplicates:
+        raise BundleError(f"{where} names metrics more than once: {', '.join(duplicates)}")
+    if not model.detectors:
+        raise BundleError(f"{where} has no detector")
+    for spec in model.detectors:
+        if spec.kind != KIND:
+            raise BundleError(
+                f"{where}: detector {spec.name!r} is of kind {spec.kind!r}; server metrics are "
+                f"served by {KIND!r} detectors only"
+            )
+        width = spec.params.get("n_features")
+        if isinstance(width, bool) or width != len(columns):
+            raise BundleError(
+                f"{where} has {len(columns)} columns but detector {spec.name!r} reads "
+                f"params.n_features={width!r}; retrain it with `otelai train`"
+            )
 
 
 def log_schema(bundle: Bundle, model: SignalModel, records: FeatureSchema) -> FeatureSchema:

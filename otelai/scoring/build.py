@@ -116,7 +116,7 @@ class Scoring:
             )
         from otelai.scoring.metrics import MetricProcessor
 
-        return MetricProcessor(self.config, self._metrics, **common)
+        return MetricProcessor(self.config, self._metrics, bundle=self.bundle, **common)
 
     def active_backend(self) -> str:
         """The backend the models run on now ("none" until a model is fitted)."""

@@ -14,6 +14,14 @@ forwarded as received, byte for byte. For each anomalous point, one point of a c
 identity: the same resource and scope, the point's attributes plus ``otelai.metric.name`` (the
 scored metric's name), the point's time. They travel in one extra request per batch.
 
+With a model bundle whose metrics section holds per-point models (``otelai train --dataset nab``:
+the per-series novelty detector), they score beside the surprise detector (instead of PCA),
+each row keyed by its series (:meth:`~otelai.scoring.scorer.Scorer.score`), under the bundle's
+thresholds. With per-resource multivariate models (``otelai train --dataset asd|smd``), the
+per-point scoring stays as it is and :mod:`otelai.scoring.resource_metrics` also scores each
+resource's metrics together; its anomalous rows add companion points on their top metrics.
+That part fails open on its own: if it breaks, the per-point scoring goes on.
+
 The surprise column is ``|z|``: for a series a drop is as telling as a surge (a throughput that
 falls to zero), unlike a span's latency, so the sign is taken off before the detector, which
 reads positive parts only.
@@ -23,7 +31,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -39,8 +47,10 @@ from otelai.features.metrics import SCHEMA as POINT_SCHEMA
 from otelai.features.metrics import MetricBatch, SeriesState, metric_features
 from otelai.features.otlp_layout import SERVICE_NAME, ResourceCache
 from otelai.features.schema import FeatureSchema
+from otelai.models.bundle import Bundle
 from otelai.pipeline import Payload
 from otelai.scoring.detection import default_scorer
+from otelai.scoring.resource_metrics import ResourceMetrics, RowAnomaly
 from otelai.scoring.scorer import Scored
 from otelai.signals import Signal
 from otelai.telemetry.metrics import Metrics
@@ -86,6 +96,9 @@ class MetricProcessor:
         Backend fallback callback (``otelai_backend_fallbacks_total``).
     state
         Per-series baselines (fresh by default).
+    bundle
+        The service's model bundle; its ``metrics`` models, if any, are served (see the module
+        docstring). Raises :class:`~otelai.models.bundle.BundleError` if they cannot be built.
     max_alerts_per_batch
         Alerts submitted per batch at most.
     clock_ns
@@ -103,9 +116,12 @@ class MetricProcessor:
         mitigation: MitigationHook | None = None,
         on_fallback: FallbackCallback | None = None,
         state: SeriesState | None = None,
+        bundle: Bundle | None = None,
         max_alerts_per_batch: int = MAX_ALERTS_PER_BATCH,
         clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
+        from otelai.models.serving import is_server_metrics
+
         selection = config.selection
         self._metrics = metrics
         self._alerter = alerter
@@ -115,7 +131,28 @@ class MetricProcessor:
         self._anomaly = selection.anomaly_threshold
         self._critical = selection.critical_threshold
         self.state = state or SeriesState()
-        self.scorer = default_scorer(SCHEMA, SURPRISE_COLUMNS, config.scoring, on_fallback=on_fallback)
+        model = bundle.signal("metrics") if bundle is not None else None
+        rows = bundle is not None and model is not None and is_server_metrics(model)
+        self.scorer = default_scorer(
+            SCHEMA,
+            SURPRISE_COLUMNS,
+            config.scoring,
+            on_fallback=on_fallback,
+            bundle=None if rows else bundle,
+            signal="metrics",
+        )
+        self.resource_metrics: ResourceMetrics | None = None
+        self._rows_failed = False
+        if bundle is not None and model is not None:
+            # Thresholds the configuration sets explicitly win over the bundle's.
+            thresholds = model.thresholds_under(selection)
+            if rows:
+                from otelai.detectors.registry import Serving
+
+                serving = Serving(config.scoring.backend, config.scoring.backend_options, on_fallback)
+                self.resource_metrics = ResourceMetrics(bundle, model, serving, thresholds=thresholds)
+            else:
+                self._anomaly, self._critical = thresholds
 
     # -- the batch path -------------------------------------------------------------------
 
@@ -155,22 +192,74 @@ class MetricProcessor:
         severity = np.zeros(n, dtype=np.int8)
         if valid.size:
             rows = features[valid]
-            scored = self.scorer.score(rows)
+            scored = self.scorer.score(rows, keys=batch.series.take(valid))
             score[valid], detector[valid], explained[valid] = scored.score, scored.detector, scored.features
             severity[valid] = classify(scored.score, self._anomaly, self._critical)
             self.scorer.learn(rows[severity[valid] == Severity.NORMAL])
         self._count(severity)
+        found = self._score_rows(payloads, batch)
         anomalous = np.flatnonzero(severity >= Severity.ANOMALY)
-        if not anomalous.size:
+        if not anomalous.size and not found:
             return None
-        full = Scored(score=score, detector=detector, features=explained)
-        requests: list[Any] = [None] * len(payloads)
-        for r in np.unique(batch.request.take(anomalous)).tolist():
-            requests[r] = _parsed(payloads[r])
-        self._act(requests, batch, full, severity, anomalous)
-        request = companion_request(requests, batch, anomalous, score, default_time_ns=self._clock_ns())
+        request = ExportMetricsServiceRequest()
+        if anomalous.size:
+            full = Scored(score=score, detector=detector, features=explained)
+            requests: list[Any] = [None] * len(payloads)
+            for r in np.unique(batch.request.take(anomalous)).tolist():
+                requests[r] = _parsed(payloads[r])
+            self._act(requests, batch, full, severity, anomalous)
+            request = companion_request(requests, batch, anomalous, score, default_time_ns=self._clock_ns())
+        items = int(anomalous.size)
+        if found and self.resource_metrics is not None:
+            self._act_rows(found)
+            items += self.resource_metrics.companion(found, request)
+            if anomalous.size:  # both paths may score one point: one companion, the higher score
+                items = deduplicate_companions(request)
+        if not items:
+            return None
         oldest = min(payload.received_ns for payload in payloads)
-        return Payload(Signal.METRICS, request.SerializeToString(), int(anomalous.size), oldest)
+        return Payload(Signal.METRICS, request.SerializeToString(), items, oldest)
+
+    def _score_rows(self, payloads: Sequence[Payload], batch: MetricBatch) -> list[RowAnomaly]:
+        """Anomalous rows of the bundle's multivariate models; none (logged once) if they fail.
+
+        The per-point scores are already computed: a broken bundle model must not cost them.
+        """
+        if self.resource_metrics is None:
+            return []
+        try:
+            rows = self.resource_metrics.score([payload.data for payload in payloads], batch)
+        except Exception:
+            if not self._rows_failed:  # once per run of failures: the hot path must not spam
+                log.exception("multivariate metric model failed; scoring metric points alone")
+            self._rows_failed = True
+            return []
+        self._rows_failed = False
+        for level in (Severity.ANOMALY, Severity.CRITICAL):
+            count = sum(1 for row in rows if row.severity == level)
+            if count:
+                self._metrics.anomalies.labels(self.signal.value, level.tag).inc(count)
+        return rows
+
+    def _act_rows(self, rows: list[RowAnomaly]) -> None:
+        model = self.resource_metrics
+        if model is None or (self._alerter is None and self._mitigation is None):
+            return
+        alerts = []
+        for row in sorted(rows, key=lambda r: -r.score)[: self._max_alerts]:
+            alert = Alert(
+                severity=row.severity.tag,
+                signal=self.signal.value,
+                service=model.service(row.resource),
+                operation=model.columns[row.columns[0]],
+                score=row.score,
+                reason=model.reason(row),
+            )
+            alerts.append(alert)
+            if self._mitigation is not None and row.severity == Severity.CRITICAL:
+                self._mitigation.trigger(alert)
+        if self._alerter is not None and alerts:
+            self._alerter.submit(alerts)
 
     def _count(self, severity: NDArray[np.int8]) -> None:
         metrics, signal = self._metrics, self.signal.value
@@ -223,6 +312,8 @@ class MetricProcessor:
 
     def close(self) -> None:
         self.scorer.close()
+        if self.resource_metrics is not None:
+            self.resource_metrics.close()
 
 
 def companion_request(
@@ -278,6 +369,59 @@ def companion_request(
         name = companion.attributes.add(key=METRIC_NAME)
         name.value.string_value = metric.name
     return out
+
+
+def deduplicate_companions(request: ExportMetricsServiceRequest) -> int:
+    """Keep one companion point per identity (resource, scope, attributes, time): the highest score.
+
+    Two points of one gauge series at one time conflict in every back end; the per-point and
+    the per-resource models may both flag a point. Returns the points left. Few points by
+    construction (anomalies only), so this walks them in Python.
+    """
+
+    def keys() -> Iterator[tuple[metrics_pb2.NumberDataPoint, tuple[bytes, bytes, bytes, int]]]:
+        for resource in request.resource_metrics:
+            resource_key = resource.resource.SerializeToString(deterministic=True)
+            for scoped in resource.scope_metrics:
+                scope_key = scoped.scope.SerializeToString(deterministic=True)
+                for metric in scoped.metrics:
+                    for point in metric.gauge.data_points:
+                        attributes = sorted(a.SerializeToString(deterministic=True) for a in point.attributes)
+                        yield point, (resource_key, scope_key, b"\0".join(attributes), point.time_unix_nano)
+
+    best: dict[tuple[bytes, bytes, bytes, int], float] = {}
+    for point, key in keys():
+        best[key] = max(best.get(key, -np.inf), point.as_double)
+    if sum(1 for _ in keys()) == len(best):
+        return len(best)
+    emitted: set[tuple[bytes, bytes, bytes, int]] = set()
+    for resource in request.resource_metrics:
+        resource_key = resource.resource.SerializeToString(deterministic=True)
+        for scoped in resource.scope_metrics:
+            scope_key = scoped.scope.SerializeToString(deterministic=True)
+            for metric in scoped.metrics:
+                kept = []
+                for point in metric.gauge.data_points:
+                    attributes = sorted(a.SerializeToString(deterministic=True) for a in point.attributes)
+                    key = (resource_key, scope_key, b"\0".join(attributes), point.time_unix_nano)
+                    if key not in emitted:
+                        emitted.add(key)
+                        copy = metrics_pb2.NumberDataPoint()
+                        copy.CopyFrom(point)
+                        copy.as_double = best[key]
+                        kept.append(copy)
+                del metric.gauge.data_points[:]
+                metric.gauge.data_points.extend(kept)
+            _drop_empty(scoped.metrics, lambda m: len(m.gauge.data_points) == 0)
+        _drop_empty(resource.scope_metrics, lambda s: len(s.metrics) == 0)
+    _drop_empty(request.resource_metrics, lambda r: len(r.scope_metrics) == 0)
+    return len(emitted)
+
+
+def _drop_empty(repeated: Any, empty: Callable[[Any], bool]) -> None:
+    for index in reversed(range(len(repeated))):
+        if empty(repeated[index]):
+            del repeated[index]
 
 
 def _parsed(payload: Payload) -> Any:

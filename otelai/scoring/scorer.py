@@ -22,7 +22,7 @@ import numpy.typing as npt
 from otelai.config import Calibration
 from otelai.decision.calibration import EcdfCalibrator
 from otelai.decision.severity import p_value_floor
-from otelai.detectors.base import Detector, FloatArray
+from otelai.detectors.base import Detector, FloatArray, IntArray
 from otelai.features.schema import FeatureSchema
 
 F64 = npt.NDArray[np.float64]
@@ -87,12 +87,20 @@ class Scorer:
         ]
         return p_value_floor(len(windows), max(windows, default=0))
 
-    def score(self, features: FloatArray, *, explain_above: float | None = None) -> Scored:
+    def score(
+        self,
+        features: FloatArray,
+        *,
+        keys: IntArray | None = None,
+        explain_above: float | None = None,
+    ) -> Scored:
         """Calibrated scores of ``features``, with the deciding detector and its top features.
 
-        ``explain_above``: find the top features only for rows scoring at least this much
-        (the others get -1): the reasons are read for anomalies alone, and ranking every
-        row's features costs more than scoring it.
+        ``keys``: the series key of each row, for detectors whose state is per series
+        (:meth:`~otelai.detectors.base.Detector.score_keyed`; the others ignore it). Rows of
+        one series must come in time order. ``explain_above``: find the top features only
+        for rows scoring at least this much (the others get -1): the reasons are read for
+        anomalies alone, and ranking every row's features costs more than scoring it.
         """
         n = len(features)
         calibrated = np.zeros((len(self.detectors), n), dtype=np.float64)
@@ -102,10 +110,10 @@ class Scorer:
             if not ready[i]:
                 continue
             if explain_above is None:
-                raw, reasons = detector.score_explain_many(features, self.top)
+                raw, reasons = detector.score_explain_keyed(features, keys, self.top)
                 explained[i, :, : reasons.shape[1]] = reasons[:, : self.top]
             else:
-                raw = detector.score_many(features)
+                raw = detector.score_keyed(features, keys)
             # Against the window as it was before this batch, then learn it: a burst of
             # identical anomalies in one batch must not calibrate itself into normal.
             calibrated[i] = np.nan_to_num(self._calibrators[i].transform(raw), nan=0.0)

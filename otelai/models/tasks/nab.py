@@ -32,16 +32,17 @@ from otelai.detectors.registry import Serving, detector_kinds, load_detector
 from otelai.features.metrics import MetricBatch, SeriesState, metric_features
 from otelai.models.bundle import (
     Bundle,
-    Calibration,
     DetectorSpec,
     Manifest,
     SchemaSpec,
     SignalModel,
+    Thresholds,
     Training,
     save_bundle,
 )
 from otelai.models.evaluation.nab_score import PROFILES, LabeledSeries, NabResult, nab_score
 from otelai.models.task import Evaluation, Task, Timeline
+from otelai.models.training.calibration import calibration_of
 from otelai.replay.nab import read_series, read_windows, series_batches, series_keys
 from otelai.scoring.metrics import SCHEMA, with_abs_zscore
 
@@ -50,6 +51,9 @@ F64 = npt.NDArray[np.float64]
 DETECTOR_KIND = "novelty"
 RESULTS = "final_results.json"
 TIMELINES = 4
+# Detectors the service's metrics scorer combines with a NAB bundle: the streaming surprise
+# detector over |z| and the bundle's novelty detector (otelai.scoring.detection).
+SERVED_DETECTORS = 2
 
 
 def split_series(keys: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -63,6 +67,21 @@ def split_series(keys: Sequence[str]) -> tuple[list[str], list[str]]:
         tune.extend(members[0::2])
         held.extend(members[1::2])
     return tune, held
+
+
+def served_threshold(scores: F64, threshold: float, detectors: int = SERVED_DETECTORS) -> float:
+    """The alarm threshold on the novelty detector's raw score, in the service's calibrated units.
+
+    The service calibrates a raw score by its ECDF over the bundle's quantiles of ``scores``
+    (``c``) and combines ``detectors`` detectors by the Bonferroni rule, ``1 - k (1 - c)``
+    (:mod:`otelai.scoring.scorer`). A point NAB's evaluation calls an alarm (raw score at least
+    ``threshold``) has ``c`` at least the share of ``scores`` below ``threshold``, so at the
+    value returned it is an anomaly in the service too (up to the drift of the online ECDF).
+    """
+    if not scores.size:
+        return Thresholds().anomaly
+    below = float(np.mean(scores < threshold))
+    return float(min(1.0, max(0.0, 1.0 - detectors * (1.0 - below))))
 
 
 def stream_series(detector: NoveltyDetector, path: Path, key: str) -> F64:
@@ -118,20 +137,24 @@ class NabTask(Task):
         corpus = _labeled(detector, path, tune, progress)
         result = nab_score(corpus)
         scored = np.concatenate([s.scores[s.scored_from :] for s in corpus]) if corpus else np.zeros(0)
-        quantiles = np.quantile(scored, np.linspace(0, 1, 101)).tolist() if scored.size else []
         spec = DetectorSpec(
             name="nab-novelty",
             kind=DETECTOR_KIND,
             params={**detector.params, "threshold": result.threshold},
-            calibration=Calibration(quantiles=quantiles, samples=int(scored.size)),
+            calibration=calibration_of(scored),
         )
+        anomaly = served_threshold(scored, result.threshold)
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         manifest = Manifest(
             name="nab-novelty",
             version="1",
             signals={
-                "metrics": SignalModel(feature_schema=SchemaSpec.of("metrics", SCHEMA), detectors=[spec])
+                "metrics": SignalModel(
+                    feature_schema=SchemaSpec.of("metrics", SCHEMA),
+                    detectors=[spec],
+                    thresholds=Thresholds(anomaly=anomaly, critical=max(anomaly, Thresholds().critical)),
+                )
             },
             training=[
                 Training(

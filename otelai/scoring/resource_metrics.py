@@ -1,0 +1,303 @@
+"""Where a resource's metrics are scored together, by the bundle's per-resource multivariate models.
+
+A ``*-server-metrics`` bundle (``otelai train --dataset asd|smd``,
+:mod:`otelai.models.tasks.server_metrics`) holds a windowed autoencoder over all of a server's
+metrics (after USAD: Audibert et al., KDD 2020) with one calibration per training server
+(``params.resource``, matched against the resource attribute ``host.name``) and a pooled one
+(``*``) for any other resource. Per batch of metrics requests:
+
+1. each point's resource (its Resource bytes) and column (its metric name among the schema's
+   columns, gauges and sums only) are read from the requests' containers (upb; a Python step
+   per metric, none per point), and rows per (resource, timestamp) are assembled across
+   batches (:mod:`otelai.features.resource_rows`);
+2. each resource's ready rows are scored by that resource's detector (one per resource, so
+   its window context continues from batch to batch; least recently seen forgotten first);
+   the graph is loaded once and shared;
+3. the raw score is calibrated by the ECDF of its calibration's held-out normal scores
+   (inductive conformal prediction: Vovk, Gammerman & Shafer 2005), interpolated linearly
+   and pinned at the shipped raw threshold, so ``calibrated >= thresholds.anomaly`` is exactly
+   the ``raw >= threshold`` that ``otelai evaluate`` counts as an alarm; the thresholds are the
+   bundle's unless the configuration sets them (``SignalModel.thresholds_under``);
+4. an anomalous row names its top metrics: the largest weighted errors, largest first, until
+   they make half of the score (at most ``top``). Each gets an ``otelai.anomaly.score``
+   companion point under the identity of that metric's last point of the resource (resource,
+   scope, attributes) at the row's time.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
+from opentelemetry.proto.metrics.v1 import metrics_pb2
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+
+from otelai.backends.base import Backend
+from otelai.backends.select import load_backend
+from otelai.decision.severity import Severity, classify
+from otelai.detectors.multivariate import ANY_RESOURCE, KIND, MultivariateAutoencoder
+from otelai.detectors.registry import Serving
+from otelai.features.metrics import MetricBatch
+from otelai.features.otlp_layout import SkeletonMetricRequest, parse_skeleton
+from otelai.features.resource_rows import ResourceRows, RowAssembler
+from otelai.models.bundle import Bundle, BundleError, DetectorSpec, SignalModel
+
+F64 = NDArray[np.float64]
+I64 = NDArray[np.int64]
+
+HOST_NAME = "host.name"
+_ROW_KINDS = ("gauge", "sum")  # a row holds values; distributions have no single value
+
+
+@dataclass(frozen=True, slots=True)
+class RowAnomaly:
+    """An anomalous row: its resource, time, calibrated score, severity and top columns."""
+
+    resource: bytes
+    time_ns: int
+    score: float
+    severity: Severity
+    columns: tuple[int, ...]
+
+
+@dataclass(slots=True)
+class _Served:
+    """One resource: its detector, calibration, and where each column's points come from."""
+
+    detector: MultivariateAutoencoder
+    calibration: tuple[F64, F64]  # raw scores -> calibrated, for np.interp
+    service: str
+    # per column: (scope bytes, bytes of the column's last point), None until seen
+    identity: list[tuple[bytes, bytes] | None] = field(default_factory=list)
+
+
+def pinned_ecdf(quantiles: Sequence[float], threshold: float, level: float) -> tuple[F64, F64]:
+    """(raw, calibrated) knots of the ECDF of ``quantiles``, through ``(threshold, level)``.
+
+    The quantiles are raw scores at evenly spaced probabilities; knots on the wrong side of the
+    pinned point (interpolation error of the grid) are dropped, so the map stays monotone.
+    """
+    raw = np.asarray(quantiles, dtype=np.float64)
+    probability = np.linspace(0.0, 1.0, raw.size)
+    if not np.isfinite(threshold):
+        return raw, probability
+    below = (raw < threshold) & (probability < level)
+    above = (raw > threshold) & (probability > level)
+    return (
+        np.concatenate([raw[below], [threshold], raw[above]]),
+        np.concatenate([probability[below], [level], probability[above]]),
+    )
+
+
+class ResourceMetrics:
+    """The bundle's multivariate models, one detector per resource; see the module docstring.
+
+    Parameters
+    ----------
+    bundle, model
+        The bundle and its ``metrics`` section (a server-metrics schema, checked at load).
+    serving
+        Backends for the graph.
+    thresholds
+        (anomaly, critical) in calibrated units.
+    max_resources
+        Resources remembered (rows pending, detectors, identities).
+    top
+        Metrics named per anomalous row at most.
+    """
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        model: SignalModel,
+        serving: Serving,
+        *,
+        thresholds: tuple[float, float],
+        max_resources: int = 10_000,
+        top: int = 3,
+    ) -> None:
+        self.columns = tuple(model.feature_schema.columns)
+        self._index = {name.encode(): i for i, name in enumerate(self.columns)}
+        self._specs = {str(spec.params.get("resource", spec.name)): spec for spec in model.detectors}
+        if not self._specs or any(spec.kind != KIND for spec in model.detectors):
+            raise BundleError(f"bundle {bundle.path}: server metrics need {KIND!r} detectors")
+        self._bundle = bundle
+        self._level = model.thresholds.anomaly
+        self._anomaly, self._critical = thresholds
+        self._backends: dict[str, Backend] = {}
+        self._serving = serving
+        self.top = top
+        self.max_resources = max_resources
+        self.rows = RowAssembler(len(self.columns), max_resources=max_resources)
+        self._served: OrderedDict[bytes, _Served] = OrderedDict()
+        for spec in model.detectors:  # load (and check) the graph now, not on the first batch
+            self._backend(spec)
+
+    # -- reading --------------------------------------------------------------------------
+
+    def read(self, payloads: Sequence[bytes], batch: MetricBatch) -> tuple[list[bytes], I64, I64]:
+        """Per point of ``batch`` (read from ``payloads``): resource id, column (-1: none).
+
+        Also remembers, per resource and column, the scope and last point (companion identity).
+        Returns the resource identities (Resource bytes) the ids index.
+        """
+        resources: list[bytes] = []
+        ids: dict[bytes, int] = {}
+        per_metric: list[tuple[int, int, int]] = []  # (resource id, column, points)
+        for payload in payloads:
+            request = parse_skeleton(SkeletonMetricRequest, payload)
+            for container in request.resources:
+                key = bytes(container.resource)
+                rid = ids.setdefault(key, len(resources))
+                if rid == len(resources):
+                    resources.append(key)
+                served = self._entry(key)
+                for scope in container.scopes:
+                    for metric in scope.metrics:  # per metric, a dict look-up; per point, nothing
+                        kind = metric.WhichOneof("data")
+                        points = getattr(metric, kind).data_points if kind is not None else ()
+                        at = self._index.get(metric.name, -1) if kind in _ROW_KINDS else -1
+                        if at >= 0 and points:
+                            served.identity[at] = (bytes(scope.scope), bytes(points[-1]))
+                        per_metric.append((rid, at, len(points)))
+        table = np.asarray(per_metric, dtype=np.int64).reshape(-1, 3)
+        resource = np.repeat(table[:, 0], table[:, 2])
+        column = np.repeat(table[:, 1], table[:, 2])
+        if resource.size != len(batch):  # both read the same containers; a bug if not
+            raise RuntimeError(f"{len(batch)} points in the batch but {resource.size} located")
+        return resources, resource, column
+
+    def _entry(self, key: bytes) -> _Served:
+        served = self._served.get(key)
+        if served is None:
+            resource = Resource.FromString(key)
+            attributes = {a.key: a.value.string_value for a in resource.attributes}
+            spec = self._specs.get(attributes.get(HOST_NAME, "")) or self._specs.get(ANY_RESOURCE)
+            if spec is None:  # no fallback: serve with the first calibration rather than not at all
+                spec = next(iter(self._specs.values()))
+            served = self._served[key] = self._serve(spec, attributes.get("service.name", ""))
+            while len(self._served) > self.max_resources:
+                self._served.popitem(last=False)
+        self._served.move_to_end(key)
+        return served
+
+    def _backend(self, spec: DetectorSpec) -> Backend:
+        if spec.file is None:
+            raise BundleError(f"bundle {self._bundle.path}: detector {spec.name!r} names no model file")
+        backend = self._backends.get(spec.file)
+        if backend is None:
+            serving = self._serving
+            backend = self._backends[spec.file] = load_backend(
+                serving.backend_order,
+                self._bundle.file(spec.file),
+                options=serving.backend_options,
+                on_fallback=serving.on_fallback,
+            )
+        return backend
+
+    def _serve(self, spec: DetectorSpec, service: str) -> _Served:
+        params = spec.params
+        threshold = float(params.get("threshold", np.inf))
+        detector = MultivariateAutoencoder(
+            backend=self._backend(spec),
+            window=int(params["window"]),
+            n_features=len(self.columns),
+            weights=[float(w) for w in params["weights"]],
+            threshold=threshold,
+            resource=str(params.get("resource", ANY_RESOURCE)),
+        )
+        calibration = pinned_ecdf(spec.calibration.quantiles, threshold, self._level)
+        return _Served(detector, calibration, service, [None] * len(self.columns))
+
+    # -- scoring --------------------------------------------------------------------------
+
+    def score(self, payloads: Sequence[bytes], batch: MetricBatch) -> list[RowAnomaly]:
+        """Assemble the batch's rows, score those that are ready; the anomalous ones."""
+        resources, resource, column = self.read(payloads, batch)
+        ready = self.rows.add(resources, resource, column, batch.time_ns, batch.value)
+        found: list[RowAnomaly] = []
+        for rows in ready:  # one inference run per resource with ready rows
+            found.extend(self._score_rows(rows))
+        return found
+
+    def _score_rows(self, rows: ResourceRows) -> list[RowAnomaly]:
+        served = self._entry(rows.resource)
+        contribution = served.detector.contributions_many(rows.values.astype(np.float32))
+        raw = contribution.sum(axis=1, dtype=np.float64)
+        knots, levels = served.calibration
+        score = np.interp(raw, knots, levels) if knots.size else np.zeros(raw.size)
+        severity = classify(score, self._anomaly, self._critical)
+        out = []
+        for i in np.flatnonzero(severity >= Severity.ANOMALY).tolist():
+            out.append(
+                RowAnomaly(
+                    resource=rows.resource,
+                    time_ns=int(rows.time_ns[i]),
+                    score=float(score[i]),
+                    severity=Severity(int(severity[i])),
+                    columns=self._top(contribution[i]),
+                )
+            )
+        return out
+
+    def _top(self, contribution: NDArray[np.float32]) -> tuple[int, ...]:
+        """Largest contributions first, until they make half of the score (at least one)."""
+        order = np.argsort(-contribution, kind="stable")[: max(self.top, 1)]
+        total = float(contribution.sum())
+        share = np.cumsum(contribution[order]) / total if total > 0 else np.ones(order.size)
+        count = int(np.searchsorted(share, 0.5)) + 1
+        return tuple(int(c) for c in order[:count])
+
+    def service(self, resource: bytes) -> str:
+        served = self._served.get(resource)
+        return served.service if served is not None else ""
+
+    # -- output ---------------------------------------------------------------------------
+
+    def companion(self, anomalies: Sequence[RowAnomaly], out: ExportMetricsServiceRequest) -> int:
+        """Add an ``otelai.anomaly.score`` point per named metric of each row to ``out``; how many."""
+        from otelai.scoring.metrics import METRIC_NAME, SCORE_DESCRIPTION, SCORE_METRIC
+
+        added = 0
+        gauges: dict[tuple[bytes, bytes], metrics_pb2.Metric] = {}
+        targets: dict[bytes, metrics_pb2.ResourceMetrics] = {}
+        for anomaly in anomalies:
+            served = self._served.get(anomaly.resource)
+            if served is None:  # forgotten since (only under more resources than remembered)
+                continue
+            for column in anomaly.columns:
+                identity = served.identity[column]
+                if identity is None:
+                    continue
+                scope_bytes, point_bytes = identity
+                gauge = gauges.get((anomaly.resource, scope_bytes))
+                if gauge is None:
+                    target = targets.get(anomaly.resource)
+                    if target is None:
+                        target = targets[anomaly.resource] = out.resource_metrics.add()
+                        target.resource.CopyFrom(Resource.FromString(anomaly.resource))
+                    scoped = target.scope_metrics.add()
+                    scoped.scope.CopyFrom(InstrumentationScope.FromString(scope_bytes))
+                    gauge = gauges[(anomaly.resource, scope_bytes)] = scoped.metrics.add(
+                        name=SCORE_METRIC, unit="1", description=SCORE_DESCRIPTION
+                    )
+                    gauge.gauge.SetInParent()
+                point = gauge.gauge.data_points.add(time_unix_nano=anomaly.time_ns, as_double=anomaly.score)
+                point.attributes.extend(metrics_pb2.NumberDataPoint.FromString(point_bytes).attributes)
+                point.attributes.add(key=METRIC_NAME).value.string_value = self.columns[column]
+                added += 1
+        return added
+
+    def reason(self, anomaly: RowAnomaly) -> str:
+        """``"multivariate_ae: asd.metric_03, asd.metric_07"``: the detector and the metrics."""
+        return f"{KIND}: {', '.join(self.columns[c] for c in anomaly.columns)}"
+
+    def close(self) -> None:
+        for backend in self._backends.values():
+            backend.close()
+        self._backends.clear()
