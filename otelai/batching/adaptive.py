@@ -3,7 +3,8 @@
 Requests (each carrying some number of spans, log records or points) queue in FIFO order.
 One worker task forms batches and awaits ``process`` on them one at a time, in order: a
 batch closes when it holds the controller's target number of items, or when its oldest
-request has waited the controller's current wait. The control law that moves the target and
+request has waited the controller's current wait, which it waits only if at least one more
+request is expected within it at the measured arrival rate. The control law that moves the target and
 the wait from measured latency lives in :mod:`otelai.batching.controller`; Triton's dynamic
 batcher (NVIDIA Triton Inference Server, "Dynamic Batcher") is the offline-tuned original.
 
@@ -40,6 +41,7 @@ T = TypeVar("T")
 
 # Scheduling rounds given to ready request handlers before a batch is cut (each a few us).
 _GATHER_ROUNDS = 8
+_REQUEST_SMOOTHING = 0.1  # weight of the newest request in the mean request size
 
 
 class BatcherStopped(Exception):
@@ -107,6 +109,7 @@ class AdaptiveBatcher(Generic[T]):
         self._queue: deque[tuple[T, int, float]] = deque()
         self._queued_items = 0
         self._offered_since = 0
+        self._mean_request = 0.0  # items a request, smoothed
         self._last_batch_end: float | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._idle = asyncio.Event()
@@ -183,6 +186,7 @@ class AdaptiveBatcher(Generic[T]):
         if self._queue and self._queued_items + size > self._max_queued:
             return False
         self._queue.append((item, size, asyncio.get_running_loop().time()))
+        self._mean_request += _REQUEST_SMOOTHING * (size - self._mean_request)
         self._queued_items += size
         self._offered_since += size
         self._idle.clear()
@@ -260,7 +264,7 @@ class AdaptiveBatcher(Generic[T]):
             while not self._queue:
                 self._idle.set()
                 await self._sleep_or_wake(None)
-            deadline = self._queue[0][2] + self.controller.wait
+            deadline = self._queue[0][2] + self._wait_for_company()
             # Requests held for room mean the queue is as full as it may get: start now.
             while (
                 self._queued_items < self.controller.target
@@ -280,6 +284,16 @@ class AdaptiveBatcher(Generic[T]):
                 if len(self._queue) == queued:
                     break
             await self._run_batch(loop)
+
+    def _wait_for_company(self) -> float:
+        """How long the oldest request may wait for its batch to fill: the controller's wait,
+        or none when, at the measured arrival rate, not even one more request of the usual
+        size is expected within it. Waiting then only adds latency (at half load, requests
+        spaced wider than the wait would each wait the whole of it alone)."""
+        wait = self.controller.wait
+        if self.controller.arrival_rate * wait < self._mean_request:
+            return 0.0
+        return wait
 
     def _take(self) -> tuple[list[T], list[int], list[float]]:
         # Work-conserving: the target decides how long to wait for a batch to fill, but what
