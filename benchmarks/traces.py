@@ -3,18 +3,19 @@
 Usage::
 
     .venv/bin/python benchmarks/traces.py --out benchmarks/results/traces.json
-    .venv/bin/python benchmarks/traces.py --requests 1,2,4,16 --rounds 5 --stages
+    .venv/bin/python benchmarks/traces.py --requests 1,2,4,16 --rounds 5 --profile 1
 
 The requests are ``hop.py``'s (512 spans, about ten attributes each), each sent with fresh
 trace ids as the load generator does, and handed to the processor as the gRPC receiver does
 (bytes plus the upb-parsed message). The processor runs at the default configuration
-(``normal_sample_rate`` 0.05, ECDF window 8192 at sample rate 0.05, PCA on ONNX Runtime CPU),
-warmed until calibrated and the PCA model is fitted. Then, for each batch size in
+(``normal_sample_rate`` 0.05, ECDF window 8192 at sample rate 0.05) with the shipped model
+bundle (``--bundle``: ``none`` for the online detectors alone, streaming baselines and PCA on
+ONNX Runtime CPU), warmed until calibrated. Then, for each batch size in
 ``--requests`` (requests per batch), ``--rounds`` rounds of ``--batches`` batches each are timed
 with ``time.process_time`` (CPU time of the whole process, so other engineers' load on the
 machine barely moves it). The JSON has microseconds of CPU a span, median and best round,
-and the forwarded share of spans. ``--stages`` adds a per-stage breakdown from cProfile-free
-timers (the same work split by ``TraceProcessor``'s steps) for one batch size.
+and the forwarded share of spans. ``--profile N`` then prints a cProfile of batches of ``N``
+requests (``--sort``; cProfile inflates Python-call-heavy steps, so read it for shares).
 """
 
 from __future__ import annotations
