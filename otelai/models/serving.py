@@ -99,10 +99,12 @@ def check_server_metrics(bundle: Bundle, model: SignalModel) -> None:
     Raises
     ------
     BundleError
-        Empty or duplicate column names, no detector, a detector that is not a multivariate
-        autoencoder, or one whose ``params.n_features`` is not the number of columns.
+        Empty or duplicate column names, no multivariate autoencoder, a detector that is neither
+        one nor a seasonal residual detector, or one whose ``params.n_features`` is not the
+        number of columns.
     """
     from otelai.detectors.multivariate import KIND
+    from otelai.detectors.seasonal import KIND as SEASONAL_KIND
 
     where = f"bundle {bundle.path}: the metrics schema {model.feature_schema.name!r}"
     columns = model.feature_schema.columns
@@ -111,13 +113,11 @@ def check_server_metrics(bundle: Bundle, model: SignalModel) -> None:
     duplicates = sorted({name for name in columns if columns.count(name) > 1})
     if duplicates:
         raise BundleError(f"{where} names metrics more than once: {', '.join(duplicates)}")
-    if not model.detectors:
-        raise BundleError(f"{where} has no detector")
     for spec in model.detectors:
-        if spec.kind != KIND:
+        if spec.kind not in (KIND, SEASONAL_KIND):
             raise BundleError(
                 f"{where}: detector {spec.name!r} is of kind {spec.kind!r}; server metrics are "
-                f"served by {KIND!r} detectors only"
+                f"served by {KIND!r} detectors (with {SEASONAL_KIND!r} ones beside them) only"
             )
         width = spec.params.get("n_features")
         if isinstance(width, bool) or width != len(columns):
@@ -125,6 +125,8 @@ def check_server_metrics(bundle: Bundle, model: SignalModel) -> None:
                 f"{where} has {len(columns)} columns but detector {spec.name!r} reads "
                 f"params.n_features={width!r}; retrain it with `otelai train`"
             )
+    if not any(spec.kind == KIND for spec in model.detectors):
+        raise BundleError(f"{where} has no {KIND!r} detector")
 
 
 def log_schema(bundle: Bundle, model: SignalModel, records: FeatureSchema) -> FeatureSchema:

@@ -10,18 +10,27 @@ metrics (after USAD: Audibert et al., KDD 2020) with one calibration per trainin
    columns, gauges and sums only) are read from the requests' containers (upb; a Python step
    per metric, none per point), and rows per (resource, timestamp) are assembled across
    batches (:mod:`otelai.features.resource_rows`);
-2. each resource's ready rows are scored by that resource's detector (one per resource, so
-   its window context continues from batch to batch; least recently seen forgotten first);
-   the graph is loaded once and shared;
-3. the raw score is calibrated by the ECDF of its calibration's held-out normal scores
-   (inductive conformal prediction: Vovk, Gammerman & Shafer 2005), interpolated linearly
-   and pinned at the shipped raw threshold, so ``calibrated >= thresholds.anomaly`` is exactly
-   the ``raw >= threshold`` that ``otelai evaluate`` counts as an alarm; the thresholds are the
-   bundle's unless the configuration sets them (``SignalModel.thresholds_under``);
-4. an anomalous row names its top metrics: the largest weighted errors, largest first, until
-   they make half of the score (at most ``top``). Each gets an ``otelai.anomaly.score``
-   companion point under the identity of that metric's last point of the resource (resource,
-   scope, attributes) at the row's time.
+2. each resource's ready rows are scored by that resource's scorer
+   (:class:`otelai.scoring.combine.ResourceScorer`, the code path ``otelai evaluate`` uses):
+   its autoencoder and, where the bundle has one for its calibration, its seasonal residual
+   detector (each metric against its median at the same time on past days:
+   :mod:`otelai.detectors.seasonal`), combined by the geometric mean of the two
+   threshold-normalised scores. One scorer per resource, so the window context and the days
+   of history continue from batch to batch (least recently seen forgotten first); the graph
+   is loaded once and shared;
+3. the raw score is calibrated by the ECDF of its calibration's held-out normal scores (of the
+   combination where there is one; inductive conformal prediction: Vovk, Gammerman & Shafer
+   2005), interpolated linearly and pinned at the shipped raw threshold, so
+   ``calibrated >= thresholds.anomaly`` is exactly the ``raw >= threshold`` that
+   ``otelai evaluate`` counts as an alarm; the thresholds are the bundle's unless the
+   configuration sets them (``SignalModel.thresholds_under``). Until a resource has a day of
+   history its rows are scored by the autoencoder alone, mapped so that they are flagged at
+   its own threshold (:mod:`otelai.scoring.combine`);
+4. an anomalous row names its top metrics: the largest contributions of the part that drives
+   its score (weighted errors, or squared seasonal z-scores), largest first, until they make
+   half of it (at most ``top``). Each gets an ``otelai.anomaly.score`` companion point under
+   the identity of that metric's last point of the resource (resource, scope, attributes) at
+   the row's time.
 """
 
 from __future__ import annotations
@@ -41,11 +50,13 @@ from otelai.backends.base import Backend
 from otelai.backends.select import load_backend
 from otelai.decision.severity import Severity, classify
 from otelai.detectors.multivariate import ANY_RESOURCE, KIND, MultivariateAutoencoder
-from otelai.detectors.registry import Serving
+from otelai.detectors.registry import Serving, detector_kinds
+from otelai.detectors.seasonal import KIND as SEASONAL_KIND
 from otelai.features.metrics import MetricBatch
 from otelai.features.otlp_layout import SkeletonMetricRequest, parse_skeleton
 from otelai.features.resource_rows import ResourceRows, RowAssembler
 from otelai.models.bundle import Bundle, BundleError, DetectorSpec, SignalModel
+from otelai.scoring.combine import ResourceScorer, ResourceSpecs, pick_specs, seasonal_part, spec_tables
 
 F64 = NDArray[np.float64]
 I64 = NDArray[np.int64]
@@ -63,13 +74,14 @@ class RowAnomaly:
     score: float
     severity: Severity
     columns: tuple[int, ...]
+    detector: str = KIND  # the part whose metrics are named
 
 
 @dataclass(slots=True)
 class _Served:
-    """One resource: its detector, calibration, and where each column's points come from."""
+    """One resource: its scorer, calibration, and where each column's points come from."""
 
-    detector: MultivariateAutoencoder
+    scorer: ResourceScorer
     calibration: tuple[F64, F64]  # raw scores -> calibrated, for np.interp
     service: str
     # per column: (scope bytes, bytes of the column's last point), None until seen
@@ -107,6 +119,9 @@ class ResourceMetrics:
         (anomaly, critical) in calibrated units.
     max_resources
         Resources remembered (rows pending, detectors, identities).
+    max_history_bytes
+        Memory the seasonal models' history may take over all resources remembered: fewer
+        resources are remembered if ``max_resources`` of them would need more.
     top
         Metrics named per anomalous row at most.
     """
@@ -119,24 +134,38 @@ class ResourceMetrics:
         *,
         thresholds: tuple[float, float],
         max_resources: int = 10_000,
+        max_history_bytes: int = 256 << 20,
         top: int = 3,
     ) -> None:
         self.columns = tuple(model.feature_schema.columns)
         self._index = {name.encode(): i for i, name in enumerate(self.columns)}
-        self._specs = {str(spec.params.get("resource", spec.name)): spec for spec in model.detectors}
-        if not self._specs or any(spec.kind != KIND for spec in model.detectors):
+        self._specs, self._seasonal = spec_tables(model.detectors)
+        if not self._specs or len(self._specs) + len(self._seasonal) != len(model.detectors):
             raise BundleError(f"bundle {bundle.path}: server metrics need {KIND!r} detectors")
+        self._kinds = set(detector_kinds())  # once: looking up entry points costs a file scan
         self._bundle = bundle
         self._level = model.thresholds.anomaly
         self._anomaly, self._critical = thresholds
         self._backends: dict[str, Backend] = {}
         self._serving = serving
         self.top = top
-        self.max_resources = max_resources
-        self.rows = RowAssembler(len(self.columns), max_resources=max_resources)
+        self.max_resources = min(max_resources, max(1, max_history_bytes // self._history_bytes()))
+        self.rows = RowAssembler(len(self.columns), max_resources=self.max_resources)
         self._served: OrderedDict[bytes, _Served] = OrderedDict()
-        for spec in model.detectors:  # load (and check) the graph now, not on the first batch
+        for spec in self._specs.values():  # load (and check) the graph now, not on the first batch
             self._backend(spec)
+        for spec in self._seasonal.values():  # and the seasonal params
+            seasonal_part(bundle, spec, serving, self._kinds)
+
+    def _history_bytes(self) -> int:
+        """Bytes of seasonal history one resource may hold (float32 rows), at least 1."""
+        rows = 0
+        for spec in self._seasonal.values():
+            try:
+                rows = max(rows, int(spec.params["days"]) * int(spec.params["period"]))
+            except (KeyError, TypeError, ValueError):
+                continue  # refused with its message when the spec is built
+        return max(1, rows * len(self.columns) * 4)
 
     # -- reading --------------------------------------------------------------------------
 
@@ -177,10 +206,11 @@ class ResourceMetrics:
         if served is None:
             resource = Resource.FromString(key)
             attributes = {a.key: a.value.string_value for a in resource.attributes}
-            spec = self._specs.get(attributes.get(HOST_NAME, "")) or self._specs.get(ANY_RESOURCE)
-            if spec is None:  # no fallback: serve with the first calibration rather than not at all
-                spec = next(iter(self._specs.values()))
-            served = self._served[key] = self._serve(spec, attributes.get("service.name", ""))
+            specs = pick_specs(self._specs, self._seasonal, attributes.get(HOST_NAME, ""))
+            if specs is None:  # no fallback: serve with the first calibration rather than not at all
+                first = next(iter(self._specs))
+                specs = ResourceSpecs(first, self._specs[first], self._seasonal.get(first))
+            served = self._served[key] = self._serve(specs, attributes.get("service.name", ""))
             while len(self._served) > self.max_resources:
                 self._served.popitem(last=False)
         self._served.move_to_end(key)
@@ -200,19 +230,25 @@ class ResourceMetrics:
             )
         return backend
 
-    def _serve(self, spec: DetectorSpec, service: str) -> _Served:
+    def _serve(self, specs: ResourceSpecs, service: str) -> _Served:
+        spec = specs.autoencoder
         params = spec.params
-        threshold = float(params.get("threshold", np.inf))
         detector = MultivariateAutoencoder(
             backend=self._backend(spec),
             window=int(params["window"]),
             n_features=len(self.columns),
             weights=[float(w) for w in params["weights"]],
-            threshold=threshold,
+            threshold=float(params.get("threshold", np.inf)),
             resource=str(params.get("resource", ANY_RESOURCE)),
         )
-        calibration = pinned_ecdf(spec.calibration.quantiles, threshold, self._level)
-        return _Served(detector, calibration, service, [None] * len(self.columns))
+        scorer = ResourceScorer(detector)
+        calibrated_by = spec
+        if specs.seasonal is not None:
+            seasonal, combination = seasonal_part(self._bundle, specs.seasonal, self._serving, self._kinds)
+            scorer = ResourceScorer(detector, seasonal, combination)
+            calibrated_by = specs.seasonal
+        calibration = pinned_ecdf(calibrated_by.calibration.quantiles, scorer.threshold, self._level)
+        return _Served(scorer, calibration, service, [None] * len(self.columns))
 
     # -- scoring --------------------------------------------------------------------------
 
@@ -227,8 +263,8 @@ class ResourceMetrics:
 
     def _score_rows(self, rows: ResourceRows) -> list[RowAnomaly]:
         served = self._entry(rows.resource)
-        contribution = served.detector.contributions_many(rows.values.astype(np.float32))
-        raw = contribution.sum(axis=1, dtype=np.float64)
+        scored = served.scorer.score_many(rows.values)
+        raw, contribution = scored.raw, scored.contribution
         knots, levels = served.calibration
         score = np.interp(raw, knots, levels) if knots.size else np.zeros(raw.size)
         severity = classify(score, self._anomaly, self._critical)
@@ -241,11 +277,16 @@ class ResourceMetrics:
                     score=float(score[i]),
                     severity=Severity(int(severity[i])),
                     columns=self._top(contribution[i]),
+                    detector=(
+                        SEASONAL_KIND
+                        if scored.seasonal_leads is not None and scored.seasonal_leads[i]
+                        else KIND
+                    ),
                 )
             )
         return out
 
-    def _top(self, contribution: NDArray[np.float32]) -> tuple[int, ...]:
+    def _top(self, contribution: F64) -> tuple[int, ...]:
         """Largest contributions first, until they make half of the score (at least one)."""
         order = np.argsort(-contribution, kind="stable")[: max(self.top, 1)]
         total = float(contribution.sum())
@@ -294,8 +335,8 @@ class ResourceMetrics:
         return added
 
     def reason(self, anomaly: RowAnomaly) -> str:
-        """``"multivariate_ae: asd.metric_03, asd.metric_07"``: the detector and the metrics."""
-        return f"{KIND}: {', '.join(self.columns[c] for c in anomaly.columns)}"
+        """``"multivariate_ae: asd.metric_03, asd.metric_07"``: the deciding part and its metrics."""
+        return f"{anomaly.detector}: {', '.join(self.columns[c] for c in anomaly.columns)}"
 
     def close(self) -> None:
         for backend in self._backends.values():

@@ -4,7 +4,13 @@ Both train one windowed autoencoder over all of a server's metrics
 (:mod:`otelai.models.training.multivariate`, after USAD, KDD 2020), shared by the servers of
 the data set, with a per-server calibration from held-out normal data (the last
 ``validation`` share of each server's training rows) and a fallback calibration (``*``) pooled
-over all servers for a server the bundle has never seen. Labels are never used in training.
+over all servers for a server the bundle has never seen. Beside it, per server (and ``*``), a
+seasonal residual detector (:mod:`otelai.detectors.seasonal`: each metric against its median at
+the same time of day over the last days, a robust seasonal naive baseline after Hyndman &
+Athanasopoulos, *Forecasting: Principles and Practice*), combined with the autoencoder by the
+geometric mean of the threshold-normalised scores and thresholded again on held-out data
+(:mod:`otelai.scoring.combine`, the code path the service scores with). Labels are never used
+in training.
 
 - ASD (InterFusion, KDD 2021): train on ``train/``, evaluate on ``test/`` against
   ``test_label/``, per point. The primary numbers are precision / recall / F1 at the threshold
@@ -32,8 +38,10 @@ import numpy.typing as npt
 from tqdm import tqdm
 
 from otelai.backends.select import load_backend
-from otelai.detectors.multivariate import ANY_RESOURCE, KIND, MultivariateAutoencoder
+from otelai.detectors.multivariate import ANY_RESOURCE, KIND, MultivariateAutoencoder, top_features
 from otelai.detectors.registry import Serving, detector_kinds, load_detector
+from otelai.detectors.seasonal import KIND as SEASONAL_KIND
+from otelai.detectors.seasonal import period_of
 from otelai.models.bundle import (
     Bundle,
     BundleError,
@@ -50,11 +58,20 @@ from otelai.models.evaluation.metrics import score_metrics, segments
 from otelai.models.task import Evaluation, Task, Timeline
 from otelai.models.training.calibration import calibration_of
 from otelai.models.training.multivariate import (
+    ResourceCalibration,
     WindowAutoencoderSettings,
     calibrate_resource,
     train_window_autoencoder,
 )
+from otelai.models.training.seasonal import (
+    Residuals,
+    SeasonalCalibration,
+    SeasonalSettings,
+    calibrate_seasonal,
+    training_residuals,
+)
 from otelai.replay.server_metrics import ASD, SMD, Layout, metric_names, read_matrix, server_files
+from otelai.scoring.combine import ResourceScorer, pick_specs, seasonal_part, spec_tables
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -68,9 +85,11 @@ CALIBRATION_POINTS = 257
 
 @dataclass(frozen=True, slots=True)
 class _Scored:
-    score: F64  # raw
+    score: F64  # raw, combined
     top: npt.NDArray[np.int64]
     threshold: float
+    ae: F64  # the autoencoder alone, for comparison
+    ae_threshold: float
 
 
 def _chunks(rows: F64) -> Iterator[F64]:
@@ -90,16 +109,24 @@ def _detector(bundle: Bundle, spec: DetectorSpec, serving: Serving) -> Multivari
     return detector
 
 
-def _score(detector: MultivariateAutoencoder, rows: F64, context: F64 | None = None) -> _Scored:
-    detector.reset()
+def _score(scorer: ResourceScorer, rows: F64, context: F64 | None = None) -> _Scored:
+    """Rows scored in consecutive chunks after ``context``, as the service scores a stream."""
+    scorer.reset()
     if context is not None and len(context):
-        detector.score_many(context[-(detector.window - 1) :].astype(np.float32))
-    scores, tops = [], []
+        scorer.prime(context)
+    scores, tops, ae = [], [], []
     for chunk in _chunks(rows):
-        score, top = detector.score_explain_many(chunk.astype(np.float32), 3)
-        scores.append(score.astype(np.float64))
-        tops.append(top)
-    return _Scored(np.concatenate(scores), np.concatenate(tops), detector.threshold)
+        scored = scorer.score_many(chunk)
+        scores.append(scored.raw)
+        tops.append(top_features(scored.contribution.astype(np.float32), 3))
+        ae.append(scored.ae)
+    return _Scored(
+        np.concatenate(scores),
+        np.concatenate(tops),
+        scorer.threshold,
+        np.concatenate(ae),
+        float(scorer.autoencoder.threshold),
+    )
 
 
 class ServerMetricsTask(Task):
@@ -113,6 +140,8 @@ class ServerMetricsTask(Task):
         Share of each server's training rows held out (the last ones) to calibrate on.
     serving
         Backends used to calibrate and evaluate, as the service would use them.
+    seasonal
+        Settings of the seasonal residual detector; None trains the autoencoder alone.
     """
 
     layout: ClassVar[Layout]
@@ -124,12 +153,14 @@ class ServerMetricsTask(Task):
         settings: WindowAutoencoderSettings | None = None,
         validation: float = 0.2,
         serving: Serving | None = None,
+        seasonal: SeasonalSettings | None = SeasonalSettings(),  # noqa: B008 (frozen, shared safely)
     ) -> None:
         if not 0.0 < validation < 1.0:
             raise ValueError(f"validation must be between 0 and 1, got {validation}")
         self.settings = settings or WindowAutoencoderSettings()
         self.validation = validation
         self.serving = serving or Serving()
+        self.seasonal = seasonal
 
     # -- data ----------------------------------------------------------------------------------
 
@@ -171,8 +202,18 @@ class ServerMetricsTask(Task):
                 held_out[name] = errors[cuts[name] :] if cuts[name] < len(matrix) else errors
         finally:
             unit.close()
-        specs = [self._spec(name, errors, width) for name, errors in held_out.items()]
-        pooled = self._spec(ANY_RESOURCE, np.concatenate(list(held_out.values())), width)
+        calibrations = {name: calibrate_resource(errors, self.settings) for name, errors in held_out.items()}
+        calibrations[ANY_RESOURCE] = calibrate_resource(
+            np.concatenate(list(held_out.values())), self.settings
+        )
+        specs = [self._spec(name, calibration, width) for name, calibration in calibrations.items()]
+        pooled = specs[-1]
+        if self.seasonal is not None:
+            specs += self._seasonal_specs(servers, cuts, calibrations, width, self.seasonal, progress)
+        # the signal's calibration is the pooled one of what is served: the combination if any
+        pooled = next(
+            (s for s in specs if s.kind == SEASONAL_KIND and s.params["resource"] == ANY_RESOURCE), pooled
+        )
         manifest = Manifest(
             name=f"{self.layout.dataset}-multivariate",
             version=f"{self.layout.dataset}-mvae-seed{seed}",
@@ -183,7 +224,7 @@ class ServerMetricsTask(Task):
                         version=f"{self.layout.dataset}/{width}/1",
                         columns=list(metric_names(self.layout.dataset, width)),
                     ),
-                    detectors=[*specs, pooled],
+                    detectors=specs,
                     calibration=pooled.calibration,
                     thresholds=Thresholds(anomaly=self.settings.quantile),
                 )
@@ -202,14 +243,19 @@ class ServerMetricsTask(Task):
                         "final_loss": trained.final_loss,
                         "settings": {k: getattr(self.settings, k) for k in self.settings.__slots__},
                         "validation": self.validation,
+                        "seasonal": None
+                        if self.seasonal is None
+                        else {
+                            "period": period_of(self.layout.step_seconds),
+                            **{k: getattr(self.seasonal, k) for k in self.seasonal.__slots__},
+                        },
                     },
                 )
             ],
         )
         return save_bundle(out, manifest)
 
-    def _spec(self, resource: str, errors: F32, width: int) -> DetectorSpec:
-        calibration = calibrate_resource(errors, self.settings)
+    def _spec(self, resource: str, calibration: ResourceCalibration, width: int) -> DetectorSpec:
         return DetectorSpec(
             name=resource,
             kind=KIND,
@@ -224,28 +270,88 @@ class ServerMetricsTask(Task):
             calibration=calibration_of(calibration.scores, CALIBRATION_POINTS),
         )
 
+    def _seasonal_specs(
+        self,
+        servers: dict[str, F64],
+        cuts: dict[str, int],
+        calibrations: dict[str, ResourceCalibration],
+        width: int,
+        settings: SeasonalSettings,
+        progress: bool,
+    ) -> list[DetectorSpec]:
+        """A seasonal spec per server with a ready fit row, and the pooled ``*`` one."""
+        period = period_of(self.layout.step_seconds)
+        residuals: dict[str, Residuals] = {
+            name: training_residuals(matrix, cuts[name], period, settings)
+            for name, matrix in tqdm(servers.items(), desc="seasonal", disable=not progress)
+        }
+        specs = []
+        for name, part in residuals.items():
+            own = calibrations[name]
+            fitted = calibrate_seasonal([part], own.scores, own.threshold, settings)
+            if fitted is not None:
+                specs.append(self._seasonal_spec(name, fitted, width, period, settings))
+        pool = calibrations[ANY_RESOURCE]  # its scores: every server's held-out rows, in order
+        fitted = calibrate_seasonal(list(residuals.values()), pool.scores, pool.threshold, settings)
+        if fitted is not None:
+            specs.append(self._seasonal_spec(ANY_RESOURCE, fitted, width, period, settings))
+        return specs
+
+    @staticmethod
+    def _seasonal_spec(
+        resource: str, fitted: SeasonalCalibration, width: int, period: int, settings: SeasonalSettings
+    ) -> DetectorSpec:
+        combination = fitted.combination
+        return DetectorSpec(
+            name=f"{resource}/{SEASONAL_KIND}",
+            kind=SEASONAL_KIND,
+            params={
+                "resource": resource,
+                "n_features": width,
+                "period": period,
+                "days": settings.days,
+                "clip": settings.clip,
+                "mu": [float(v) for v in fitted.mu],
+                "sigma": [float(v) for v in fitted.sigma],
+                # the combination (otelai.scoring.combine): each part's normaliser, and the
+                # combined threshold its calibration is pinned at
+                "ae_threshold": combination.ae_threshold,
+                "score_threshold": combination.seasonal_threshold,
+                "threshold": combination.threshold,
+            },
+            calibration=calibration_of(fitted.scores, CALIBRATION_POINTS),
+        )
+
     # -- evaluation ----------------------------------------------------------------------------
 
-    def _specs(self, bundle: Bundle) -> dict[str, DetectorSpec]:
+    def _specs(self, bundle: Bundle) -> tuple[dict[str, DetectorSpec], dict[str, DetectorSpec]]:
         model = bundle.signal(SIGNAL)
         if model is None:
             raise BundleError(f"bundle {bundle.path}: no {SIGNAL} models")
-        specs = {str(s.params.get("resource", s.name)): s for s in model.detectors if s.kind == KIND}
-        if not specs:
+        specs = spec_tables(model.detectors)
+        if not specs[0]:
             raise BundleError(f"bundle {bundle.path}: no {KIND} detector")
         return specs
 
     def _score_server(
-        self, bundle: Bundle, specs: dict[str, DetectorSpec], name: str, rows: F64, context: F64 | None
+        self,
+        bundle: Bundle,
+        specs: tuple[dict[str, DetectorSpec], dict[str, DetectorSpec]],
+        name: str,
+        rows: F64,
+        context: F64 | None,
     ) -> tuple[_Scored, str]:
-        spec = specs.get(name) or specs.get(ANY_RESOURCE)
-        if spec is None:
+        picked = pick_specs(*specs, name)
+        if picked is None:
             raise BundleError(f"bundle {bundle.path}: no calibration for {name!r} and no '*' fallback")
-        detector = _detector(bundle, spec, self.serving)
+        scorer = ResourceScorer(_detector(bundle, picked.autoencoder, self.serving))
         try:
-            return _score(detector, rows, context), str(spec.params.get("resource", spec.name))
+            if picked.seasonal is not None:
+                seasonal, combination = seasonal_part(bundle, picked.seasonal, self.serving)
+                scorer = ResourceScorer(scorer.autoencoder, seasonal, combination)
+            return _score(scorer, rows, context), picked.resource
         finally:
-            detector.close()
+            scorer.close()
 
 
 def _interpretation(path: Path) -> list[tuple[int, int, set[int]]]:
@@ -310,10 +416,11 @@ class AsdTask(ServerMetricsTask):
         path = Path(path)
         specs = self._specs(bundle)
         tests = server_files(path / "test")
+        trains = server_files(path / "train")
         label_files = server_files(path / "test_label")
         if not tests:
             raise FileNotFoundError(f"asd: no server files in {path / 'test'}")
-        pool = _Pool()
+        pool, alone = _Pool(), _Pool()
         hits = detected = 0
         for name, file in tqdm(tests.items(), desc="evaluate asd", disable=not progress):
             if name not in label_files:
@@ -322,9 +429,13 @@ class AsdTask(ServerMetricsTask):
             labels = (read_matrix(label_files[name])[:, 0] > 0).astype(np.int8)
             if len(labels) != len(rows):
                 raise ValueError(f"asd: {name}: {len(rows)} rows but {len(labels)} labels")
-            scored, used = self._score_server(bundle, specs, name, rows, None)
+            # a server's test rows follow its training rows (as `otelai replay` sends them), so
+            # both detectors continue from them: the seasonal one needs the past days
+            context = read_matrix(trains[name]) if name in trains else None
+            scored, used = self._score_server(bundle, specs, name, rows, context)
             normalised = scored.score / scored.threshold
             metrics = score_metrics(labels, normalised, threshold=1.0, adjust=True)
+            alone.scores.append(scored.ae / scored.ae_threshold)
             h, d = _hit_rate(scored, labels, _interpretation(_label_path(path, name)))
             hits, detected = hits + h, detected + d
             pool.scores.append(normalised)
@@ -347,6 +458,7 @@ class AsdTask(ServerMetricsTask):
         for key in ("f1", "f1_pa", "best_f1", "best_f1_pa"):
             metrics[f"server_mean_{key}"] = float(np.mean([row[key] for row in pool.rows]))
         metrics["false_alarm_rate"] = float(np.mean(scores[labels == 0] >= 1.0))
+        metrics.update(_ae_only(np.concatenate(alone.scores), labels))
         if detected:
             metrics["interpretation_hit_at_3"] = hits / detected
         return Evaluation(
@@ -367,8 +479,20 @@ class AsdTask(ServerMetricsTask):
                 "over all servers' points; server_mean_* average the per-server rows.",
                 "interpretation_hit_at_3: detected anomalous steps whose top-3 metrics include one "
                 "of the metrics InterFusion's interpretation labels name.",
+                "The score is the autoencoder combined with the seasonal residual detector where the "
+                "bundle has one (geometric mean of the threshold-normalised scores, thresholded again "
+                "on held-out rows); *_ae_only: the autoencoder alone at its own threshold, same run.",
+                "Each server's test rows are scored after its training rows (the detectors' context).",
             ],
         )
+
+
+def _ae_only(scores: F64, labels: npt.NDArray[np.int8]) -> dict[str, float]:
+    """The autoencoder alone (scores over its own threshold), under ``*_ae_only`` keys."""
+    metrics = score_metrics(labels, scores, threshold=1.0, adjust=True)
+    metrics["false_alarm_rate"] = float(np.mean(scores[labels == 0] >= 1.0))
+    keys = ("f1", "f1_pa", "precision", "recall", "best_f1", "best_f1_pa", "roc_auc", "false_alarm_rate")
+    return {f"{key}_ae_only": float(metrics[key]) for key in keys}
 
 
 def _label_path(path: Path, name: str) -> Path:
@@ -405,12 +529,13 @@ class SmdTask(ServerMetricsTask):
         files = server_files(Path(path) / "train")
         if not files:
             raise FileNotFoundError(f"smd: no server files in {Path(path) / 'train'}")
-        pool = _Pool()
+        pool, alone = _Pool(), _Pool()
         for name, file in tqdm(files.items(), desc="evaluate smd", disable=not progress):
             rows = read_matrix(file)
             cut = self._cut(rows)
             scored, used = self._score_server(bundle, specs, name, rows[cut:], rows[:cut])
             normalised = scored.score / scored.threshold
+            alone.scores.append(scored.ae / scored.ae_threshold)
             zeros = np.zeros(len(normalised), dtype=np.int8)
             pool.scores.append(normalised)
             pool.labels.append(zeros)
@@ -420,6 +545,7 @@ class SmdTask(ServerMetricsTask):
                     "calibration": used,
                     "steps": len(normalised),
                     "alarm_rate": round(float(np.mean(normalised >= 1.0)), 4),
+                    "alarm_rate_ae_only": round(float(np.mean(alone.scores[-1] >= 1.0)), 4),
                     "median_score": round(float(np.median(normalised)), 4),
                     "p99_score": round(float(np.quantile(normalised, 0.99)), 4),
                 }
@@ -429,6 +555,7 @@ class SmdTask(ServerMetricsTask):
         scores = np.concatenate(pool.scores)
         metrics = {
             "alarm_rate": float(np.mean(scores >= 1.0)),
+            "alarm_rate_ae_only": float(np.mean(np.concatenate(alone.scores) >= 1.0)),
             "expected_alarm_rate": 1.0 - self.settings.quantile,
             "median_score": float(np.median(scores)),
             "p99_score": float(np.quantile(scores, 0.99)),
@@ -449,6 +576,7 @@ class SmdTask(ServerMetricsTask):
                 "alarm_rate: share of steps at or over the shipped threshold; on normal data it "
                 f"should be near {1.0 - self.settings.quantile:.3g} (the calibration quantile); "
                 "the source says these halves are mostly, not all, normal.",
-                "Scores are each machine's raw score divided by its shipped threshold.",
+                "Scores are each machine's raw score divided by its shipped threshold; "
+                "alarm_rate_ae_only: the autoencoder alone at its own threshold, same run.",
             ],
         )

@@ -55,7 +55,8 @@ def test_asd_train_bundle_evaluate(tmp_path: Path) -> None:
     again = load_bundle(tmp_path / "bundle")
     model = again.signal("metrics")
     assert model is not None
-    assert [d.name for d in model.detectors] == ["omi-1", "omi-2", "*"]
+    seasonal = ["omi-1/seasonal_residual", "omi-2/seasonal_residual", "*/seasonal_residual"]
+    assert [d.name for d in model.detectors] == ["omi-1", "omi-2", "*", *seasonal]
     assert model.feature_schema.columns == [f"asd.metric_{i:02d}" for i in range(WIDTH)]
     assert set(again.manifest.files) == {"multivariate_ae.onnx"}
     # the shipped graph serves through a backend from the bundle alone
