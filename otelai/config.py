@@ -317,6 +317,13 @@ class ModelBundle(_Model):
 
     enabled: bool = True
     path: str = ""
+    # Per-resource metric models (``otelai train --dataset asd|smd``): the resource attribute
+    # that names a server (its own calibration if the bundle has one, else the pooled one),
+    # how many resources are remembered (least recently seen forgotten first), and the memory
+    # their seasonal history may take in all (fewer resources are remembered beyond it).
+    resource_attribute: str = "host.name"
+    max_resources: int = Field(default=10_000, ge=1)
+    max_history_size: Size = 256 * 1024 * 1024
 
 
 class Scoring(_Model):

@@ -150,7 +150,16 @@ class MetricProcessor:
                 from otelai.detectors.registry import Serving
 
                 serving = Serving(config.scoring.backend, config.scoring.backend_options, on_fallback)
-                self.resource_metrics = ResourceMetrics(bundle, model, serving, thresholds=thresholds)
+                settings = config.scoring.model
+                self.resource_metrics = ResourceMetrics(
+                    bundle,
+                    model,
+                    serving,
+                    thresholds=thresholds,
+                    resource_attribute=settings.resource_attribute,
+                    max_resources=settings.max_resources,
+                    max_history_bytes=settings.max_history_size,
+                )
             else:
                 self._anomaly, self._critical = thresholds
 

@@ -3,8 +3,9 @@
 A ``*-server-metrics`` bundle (``otelai train --dataset asd|smd``,
 :mod:`otelai.models.tasks.server_metrics`) holds a windowed autoencoder over all of a server's
 metrics (after USAD: Audibert et al., KDD 2020) with one calibration per training server
-(``params.resource``, matched against the resource attribute ``host.name``) and a pooled one
-(``*``) for any other resource. Per batch of metrics requests:
+(``params.resource``, matched against the resource attribute named by
+``scoring.model.resource_attribute``, ``host.name`` by default) and a pooled one (``*``) for
+any other resource. Per batch of metrics requests:
 
 1. each point's resource (its Resource bytes) and column (its metric name among the schema's
    columns, gauges and sums only) are read from the requests' containers (upb; a Python step
@@ -117,6 +118,9 @@ class ResourceMetrics:
         Backends for the graph.
     thresholds
         (anomaly, critical) in calibrated units.
+    resource_attribute
+        The resource attribute naming a server: the calibration trained for that name is
+        used, else the pooled ``*`` one.
     max_resources
         Resources remembered (rows pending, detectors, identities).
     max_history_bytes
@@ -133,6 +137,7 @@ class ResourceMetrics:
         serving: Serving,
         *,
         thresholds: tuple[float, float],
+        resource_attribute: str = HOST_NAME,
         max_resources: int = 10_000,
         max_history_bytes: int = 256 << 20,
         top: int = 3,
@@ -149,6 +154,7 @@ class ResourceMetrics:
         self._backends: dict[str, Backend] = {}
         self._serving = serving
         self.top = top
+        self.resource_attribute = resource_attribute
         self.max_resources = min(max_resources, max(1, max_history_bytes // self._history_bytes()))
         self.rows = RowAssembler(len(self.columns), max_resources=self.max_resources)
         self._served: OrderedDict[bytes, _Served] = OrderedDict()
@@ -206,7 +212,7 @@ class ResourceMetrics:
         if served is None:
             resource = Resource.FromString(key)
             attributes = {a.key: a.value.string_value for a in resource.attributes}
-            specs = pick_specs(self._specs, self._seasonal, attributes.get(HOST_NAME, ""))
+            specs = pick_specs(self._specs, self._seasonal, attributes.get(self.resource_attribute, ""))
             if specs is None:  # no fallback: serve with the first calibration rather than not at all
                 first = next(iter(self._specs))
                 specs = ResourceSpecs(first, self._specs[first], self._seasonal.get(first))

@@ -174,3 +174,27 @@ def test_one_companion_point_per_identity_with_the_higher_score() -> None:
     ]
     assert sorted(points) == [(1_000, 0.99), (1_001, 0.5)]
     assert len(request.resource_metrics) == 1  # the emptied entry is gone
+
+
+@pytest.mark.parametrize(
+    ("attribute", "calibrations"), [("host.name", {"omi-1", "omi-2"}), ("service.name", {"*"})]
+)
+def test_the_configured_resource_attribute_picks_the_calibration(
+    asd: tuple[Path, Bundle], attribute: str, calibrations: set[str]
+) -> None:
+    data, bundle = asd
+    config = load_config(
+        text=f'scoring: {{model: {{path: "{bundle.path}", resource_attribute: "{attribute}", max_resources: 7}}}}'
+    )
+    processor = MetricProcessor(
+        config, Metrics(CollectorRegistry()), bundle=load_configured_bundle(config.scoring.model)
+    )
+    model = processor.resource_metrics
+    assert model is not None and model.max_resources == 7
+    for batch, _ in zip(layout_batches(ASD, data, max_items=60), range(3), strict=False):
+        assert isinstance(batch, Batch)
+        processor.process([Payload(Signal.METRICS, batch.data, batch.items, 0)])
+    # the replay names each server in host.name and the data set ("asd") in service.name: no
+    # training server is called "asd", so by service.name every resource takes the pooled one
+    assert {served.scorer.autoencoder.resource for served in model._served.values()} == calibrations
+    processor.close()
