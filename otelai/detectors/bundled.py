@@ -17,23 +17,11 @@ import numpy as np
 
 from otelai.backends.base import Backend
 from otelai.backends.select import load_backend
-from otelai.detectors.base import Detector, FloatArray, IntArray
+from otelai.detectors.base import Detector, FloatArray, IntArray, top_features
 from otelai.detectors.registry import Serving
 
 if TYPE_CHECKING:
     from otelai.models.bundle import Bundle, DetectorSpec
-
-
-def top_features(contribution: FloatArray, top: int) -> IntArray:
-    """Column indices of the ``top`` largest values of each row, largest first."""
-    top = min(top, contribution.shape[1])
-    if top <= 0:
-        return np.empty((len(contribution), 0), dtype=np.int64)
-    # argpartition then sort only the few picked: O(n F) instead of a full sort per row
-    part = np.argpartition(-contribution, top - 1, axis=1)[:, :top]
-    picked = np.take_along_axis(contribution, part, axis=1)
-    order = np.take_along_axis(part, np.argsort(-picked, axis=1), axis=1)
-    return order.astype(np.int64)
 
 
 class OnnxModelDetector(Detector):

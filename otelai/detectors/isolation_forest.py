@@ -16,8 +16,8 @@ from typing import ClassVar
 import numpy as np
 
 from otelai.backends.base import Backend
-from otelai.detectors.base import FloatArray, IntArray
-from otelai.detectors.bundled import OnnxModelDetector, top_features
+from otelai.detectors.base import FloatArray, IntArray, top_features
+from otelai.detectors.bundled import OnnxModelDetector
 
 
 class IsolationForestDetector(OnnxModelDetector):

@@ -28,7 +28,7 @@ import numpy as np
 
 from otelai.backends.base import Backend
 from otelai.backends.select import load_backend
-from otelai.detectors.base import Detector, FloatArray, IntArray
+from otelai.detectors.base import Detector, FloatArray, IntArray, top_features
 
 if TYPE_CHECKING:
     from otelai.detectors.registry import Serving
@@ -63,16 +63,6 @@ def sliding_windows(context: FloatArray, rows: FloatArray, window: int) -> Float
     # (n, width, window) view; transpose to time-major before flattening
     view = np.lib.stride_tricks.sliding_window_view(stream, window, axis=0)
     return np.ascontiguousarray(view.transpose(0, 2, 1)).reshape(n, window * width)
-
-
-def top_features(contribution: FloatArray, top: int) -> IntArray:
-    """Indices of each row's ``top`` largest contributions, largest first."""
-    top = min(top, contribution.shape[1])
-    if top <= 0:
-        return np.zeros((len(contribution), 0), dtype=np.int64)
-    part = np.argpartition(-contribution, top - 1, axis=1)[:, :top]
-    picked = np.take_along_axis(contribution, part, axis=1)
-    return np.take_along_axis(part, np.argsort(-picked, axis=1), axis=1).astype(np.int64)
 
 
 class MultivariateAutoencoder(Detector):

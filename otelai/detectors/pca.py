@@ -22,7 +22,7 @@ import numpy as np
 
 from otelai.backends.base import Backend
 from otelai.backends.select import FallbackCallback, load_backend
-from otelai.detectors.base import Detector, FloatArray, IntArray
+from otelai.detectors.base import Detector, FloatArray, IntArray, top_features
 
 log = logging.getLogger("otelai.detectors")
 
@@ -223,13 +223,7 @@ class PcaDetector(Detector):
         out = self._run(features)
         if out is None:
             return np.zeros(len(features), dtype=np.float32), super().explain_many(features, top)
-        top = min(top, self.n_features)
-        residual = out["residual"]
-        # argpartition then sort only the top few: O(n F) instead of a full sort per row
-        part = np.argpartition(-residual, top - 1, axis=1)[:, :top]
-        picked = np.take_along_axis(residual, part, axis=1)
-        order = np.take_along_axis(part, np.argsort(-picked, axis=1), axis=1)
-        return out["score"], order.astype(np.int64)
+        return out["score"], top_features(out["residual"], top)
 
     def close(self) -> None:
         with self._lock:

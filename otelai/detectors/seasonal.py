@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, ClassVar, Self
 import numpy as np
 import numpy.typing as npt
 
-from otelai.detectors.base import Detector, FloatArray, IntArray
-from otelai.detectors.multivariate import ANY_RESOURCE, top_features
+from otelai.detectors.base import Detector, FloatArray, IntArray, top_features
+from otelai.detectors.multivariate import ANY_RESOURCE
 
 if TYPE_CHECKING:
     from otelai.detectors.registry import Serving

@@ -38,7 +38,8 @@ import numpy.typing as npt
 from tqdm import tqdm
 
 from otelai.backends.select import load_backend
-from otelai.detectors.multivariate import ANY_RESOURCE, KIND, MultivariateAutoencoder, top_features
+from otelai.detectors.base import top_features
+from otelai.detectors.multivariate import ANY_RESOURCE, KIND, MultivariateAutoencoder
 from otelai.detectors.registry import Serving, detector_kinds, load_detector
 from otelai.detectors.seasonal import KIND as SEASONAL_KIND
 from otelai.detectors.seasonal import period_of

@@ -3,7 +3,8 @@ import numpy.typing as npt
 import pytest
 
 from otelai.backends.select import load_backend
-from otelai.detectors.multivariate import MultivariateAutoencoder, sliding_windows, top_features
+from otelai.detectors.base import top_features
+from otelai.detectors.multivariate import MultivariateAutoencoder, sliding_windows
 
 pytest.importorskip("onnxruntime")
 torch = pytest.importorskip("torch")
