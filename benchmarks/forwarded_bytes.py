@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from hops import _die_with_parent, free_port
+from hops import _die_with_parent, free_port, stop
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "otel-demo"
@@ -129,13 +129,7 @@ def running_service(config_file: Path, metrics_port: int, log: Path) -> Iterator
         _wait_ready(service)
         yield service
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop(process, STOP_TIMEOUT_S)
 
 
 def _wait_ready(service: Service) -> None:

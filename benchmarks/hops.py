@@ -105,12 +105,13 @@ def _tail(log: Path, chars: int = 2000) -> str:
         return "(no log)"
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
+def stop(process: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT_S) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds."""
     if process.poll() is not None:
         return
     process.terminate()
     try:
-        process.wait(STOP_TIMEOUT_S)
+        process.wait(timeout)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
@@ -127,7 +128,7 @@ def _process(
     try:
         yield process
     finally:
-        _stop(process)
+        stop(process)
 
 
 def rotel_binary() -> Path:
