@@ -185,7 +185,15 @@ def span_features(
     for column, values in enumerate(columns):
         features[:, column] = values
     if update:
-        stamp = time.monotonic() if now is None else now
-        baselines.latency.update(operation, log_duration, stamp)
-        baselines.errors.update(operation, is_error.astype(np.float64), stamp)
+        update_span_baselines(batch, baselines, now=now)
     return features, SPAN_SCHEMA
+
+
+def update_span_baselines(batch: SpanBatch, baselines: SpanBaselines, *, now: float | None = None) -> None:
+    """Merge ``batch`` into the per-operation baselines (what ``span_features(update=True)``
+    does after computing the features; separate so that a caller can learn after it forwarded)."""
+    operation = batch.operation_id.astype(np.int64)
+    log_duration = np.log1p(batch.duration_ns.astype(np.float64) / 1e3)
+    stamp = time.monotonic() if now is None else now
+    baselines.latency.update(operation, log_duration, stamp)
+    baselines.errors.update(operation, (batch.status_code == 2).astype(np.float64), stamp)

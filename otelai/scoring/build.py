@@ -92,7 +92,7 @@ class Scoring:
         if signal is Signal.TRACES:
             from otelai.scoring.traces import TraceProcessor
 
-            return TraceProcessor(
+            processor = TraceProcessor(
                 self.config,
                 self._metrics,
                 summaries=self.summaries,
@@ -100,6 +100,8 @@ class Scoring:
                 bundle=self.bundle,
                 **common,
             )
+            processor.defer_learning = True  # the stage settles each batch once it is forwarded
+            return processor
         if signal is Signal.LOGS:
             from otelai.scoring.logs import LogProcessor
 

@@ -563,6 +563,9 @@ class LogProcessor:
                 out.append(None)
         return out
 
+    def settle(self) -> None:
+        """Nothing is left for after forwarding: a batch is learned before it is returned."""
+
     def tick(self, now_ns: int) -> list[Payload]:
         """End idle sessions (:meth:`end_sessions`); the summaries of dropped spans and
         records, when this stage flushes them."""

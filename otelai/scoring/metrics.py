@@ -315,6 +315,9 @@ class MetricProcessor:
         """The requests as received: points are never tagged (the scoring stage counts them)."""
         return list(payloads)
 
+    def settle(self) -> None:
+        """Nothing is left for after forwarding: a batch is learned before it is returned."""
+
     def tick(self, now_ns: int) -> list[Payload]:
         """Nothing periodic: metric points are never dropped, so there is nothing to summarise."""
         return []

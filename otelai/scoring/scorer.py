@@ -36,6 +36,9 @@ class Scored:
     score: F64
     detector: npt.NDArray[np.int64]
     features: npt.NDArray[np.int64]
+    # Each detector's raw scores (None: not ready), kept when the calibration update is left
+    # to :meth:`Scorer.calibrate`.
+    raw: tuple[FloatArray | None, ...] = ()
 
 
 class Scorer:
@@ -93,6 +96,7 @@ class Scorer:
         *,
         keys: IntArray | None = None,
         explain_above: float | None = None,
+        calibrate: bool = True,
     ) -> Scored:
         """Calibrated scores of ``features``, with the deciding detector and its top features.
 
@@ -101,11 +105,14 @@ class Scorer:
         one series must come in time order. ``explain_above``: find the top features only
         for rows scoring at least this much (the others get -1): the reasons are read for
         anomalies alone, and ranking every row's features costs more than scoring it.
+        ``calibrate=False``: leave the calibration windows as they are and keep the raw scores
+        in :attr:`Scored.raw` for a later :meth:`calibrate` (learning after forwarding).
         """
         n = len(features)
         calibrated = np.zeros((len(self.detectors), n), dtype=np.float64)
         explained = np.full((len(self.detectors), n, self.top), -1, dtype=np.int64)
         ready = [detector.ready for detector in self.detectors]
+        raws: list[FloatArray | None] = [None] * len(self.detectors)
         for i, detector in enumerate(self.detectors):
             if not ready[i]:
                 continue
@@ -117,7 +124,10 @@ class Scorer:
             # Against the window as it was before this batch, then learn it: a burst of
             # identical anomalies in one batch must not calibrate itself into normal.
             calibrated[i] = np.nan_to_num(self._calibrators[i].transform(raw), nan=0.0)
-            self._calibrators[i].update(raw)
+            if calibrate:
+                self._calibrators[i].update(raw)
+            else:
+                raws[i] = raw
         voting = sum(1 for i, warm in enumerate(ready) if warm and self._calibrators[i].warm)
         if voting:
             deciding = calibrated.argmax(axis=0)
@@ -128,7 +138,14 @@ class Scorer:
         if explain_above is not None:
             self._explain(features, ready, deciding, np.flatnonzero(score >= explain_above), explained)
         features_used = explained[deciding, np.arange(n)]
-        return Scored(score=score, detector=deciding.astype(np.int64), features=features_used)
+        kept = () if calibrate else tuple(raws)
+        return Scored(score=score, detector=deciding.astype(np.int64), features=features_used, raw=kept)
+
+    def calibrate(self, scored: Scored) -> None:
+        """Add the raw scores of a batch scored with ``calibrate=False`` to the windows."""
+        for calibrator, raw in zip(self._calibrators, scored.raw, strict=False):
+            if raw is not None:
+                calibrator.update(raw)
 
     def _explain(
         self,

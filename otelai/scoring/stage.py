@@ -40,6 +40,8 @@ log = logging.getLogger("otelai.scoring")
 
 # (request, its acknowledgement, monotonic ns when it was queued)
 _Item = tuple[Payload, "asyncio.Future[Admission]", int]
+# Seconds between forwarding a batch and learning from it (on the event loop).
+SETTLE_DELAY = 0.001
 _R = TypeVar("_R")
 
 
@@ -58,6 +60,10 @@ class Processor(Protocol):
 
     def tick(self, now_ns: int) -> list[Payload]:
         """Periodic output at wall-clock ``now_ns`` (summaries of what was dropped), forwarded like the rest."""
+        ...
+
+    def settle(self) -> None:
+        """Learn what the batches already forwarded teach, if the processor left that for later."""
         ...
 
 
@@ -182,11 +188,35 @@ class ScoringStage:
         late = [item for item in items if item[2] < late_after]
         if not late:
             self._finish(items, await self._call(self._score, [payload for payload, _, _ in items]))
+            self._settle_soon()
             return
         on_time = [item for item in items if item[2] >= late_after]
         self._finish(late, self._fail_open([payload for payload, _, _ in late], "too_slow"))
         if on_time:
             self._finish(on_time, await self._call(self._score, [payload for payload, _, _ in on_time]))
+            self._settle_soon()
+
+    def _settle_soon(self) -> None:
+        """Have the processor learn from the batch just forwarded, once the loop has sent it.
+
+        Scheduled :data:`SETTLE_DELAY` later, so that the work the hand-off woke runs first:
+        the acknowledgements and the exporters' sends each take a few turns of the loop (a
+        gRPC call starts in a task of its own). A batch that starts first settles anyway (the
+        processor does it before scoring). With an executor, it runs there, in order.
+        """
+        loop = asyncio.get_running_loop()
+        if self._executor is None:
+            loop.call_later(SETTLE_DELAY, self._settle)
+            return
+        future = loop.run_in_executor(self._executor, self._settle)
+        self._running.add(future)
+        future.add_done_callback(self._running.discard)
+
+    def _settle(self) -> None:
+        try:
+            self.processor.settle()
+        except Exception:
+            log.exception("learning from a forwarded batch failed; its lessons are skipped")
 
     def _score(self, payloads: Sequence[Payload]) -> list[Payload]:
         """Scoring and selection of one batch; on the executor's thread when there is one."""

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -49,7 +50,7 @@ from otelai.features.baseline import warm_up as baseline_warm_up
 from otelai.features.interner import Interner
 from otelai.features.span_batch import SpanBatch
 from otelai.features.span_decoder import prepare_decoder
-from otelai.features.spans import SPAN_SCHEMA, SpanBaselines, span_features
+from otelai.features.spans import SPAN_SCHEMA, SpanBaselines, span_features, update_span_baselines
 from otelai.models.bundle import Bundle, SignalModel
 from otelai.pipeline import Payload
 from otelai.scoring.detection import default_scorer
@@ -129,6 +130,9 @@ class TraceProcessor:
         # Summary series id by operation id + 1 (-1: not interned yet; slot 0 for OVERFLOW).
         self._summary_series = np.zeros(0, dtype=np.int64)
         self._summary_interval = -1  # the summaries interval the cached series ids belong to
+        # Learning left for after the batch was forwarded (see :meth:`settle`).
+        self.defer_learning = False
+        self._pending: list[Callable[[], None]] = []
 
     def _from_bundle(self, bundle: Bundle, model: SignalModel, selection: Selection) -> None:
         """Start from what the bundle learned: its version, thresholds and operation baselines.
@@ -145,6 +149,25 @@ class TraceProcessor:
     # -- the batch path -------------------------------------------------------------------
 
     def process(self, payloads: Sequence[Payload]) -> list[Payload]:
+        """Score, tag and select a batch; what the batch teaches (baselines, calibration,
+        detectors, trace buffer, counts and summaries) is learned before this returns, or,
+        with :attr:`defer_learning`, at the next :meth:`settle` (called by the stage once the
+        batch is forwarded; at the latest by the next :meth:`process` or :meth:`tick`).
+        """
+        self.settle()
+        out = self._process(payloads)
+        if not self.defer_learning:
+            self.settle()
+        return out
+
+    def settle(self) -> None:
+        """Learn from the batches already forwarded. Decide, forward, then learn: the learning
+        is a third of a batch's work and none of it changes that batch's decisions, so it is
+        kept off the path between receiving a request and forwarding it."""
+        while self._pending:
+            self._pending.pop(0)()
+
+    def _process(self, payloads: Sequence[Payload]) -> list[Payload]:
         datas = [payload.data for payload in payloads]
         batch = SpanBatch.from_payloads(datas, self.interner)
         out: list[Payload] = []
@@ -159,8 +182,9 @@ class TraceProcessor:
         return out
 
     def _select(self, payloads: Sequence[Payload], datas: list[bytes], batch: SpanBatch) -> list[Payload]:
-        features, _ = span_features(batch, self.baselines)
-        scored = self.scorer.score(features, explain_above=self._anomaly)
+        stamp = time.monotonic()
+        features, _ = span_features(batch, self.baselines, update=False)
+        scored = self.scorer.score(features, explain_above=self._anomaly, calibrate=False)
         severity = classify(scored.score, self._anomaly, self._critical, p_floor=self.scorer.p_floor)
         keys = trace_keys(batch.trace_id)
         # Critical forwards the whole trace: rare per trace, not per span.
@@ -175,11 +199,30 @@ class TraceProcessor:
             np.where(self.critical.contains(keys), CRITICAL_CONTEXT, np.where(sampled, SAMPLED, DROPPED)),
         ).astype(np.int8)
         recalled = self.buffer.recall(critical_keys)
+        self._pending.append(
+            partial(self._learn, stamp, datas, batch, features, scored, keys, severity, code, recalled)
+        )
+        self._act(batch, scored, severity)
+        return self._assemble(payloads, datas, batch, scored, severity, code, recalled)
+
+    def _learn(
+        self,
+        stamp: float,
+        datas: list[bytes],
+        batch: SpanBatch,
+        features: Any,
+        scored: Any,
+        keys: Any,
+        severity: Any,
+        code: Any,
+        recalled: list[Recalled],
+    ) -> None:
+        """Everything a decided batch teaches, in the order the decisions assumed."""
+        update_span_baselines(batch, self.baselines, now=stamp)
+        self.scorer.calibrate(scored)
         self._remember(datas, batch, keys, code != DROPPED)
         self.scorer.learn(features[severity == Severity.NORMAL])
         self._count(batch, severity, code, recalled)
-        self._act(batch, scored, severity)
-        return self._assemble(payloads, datas, batch, scored, severity, code, recalled)
 
     def _remember(self, datas: list[bytes], batch: SpanBatch, keys: Any, kept: Any) -> None:
         if self.buffer.wait <= 0:
@@ -412,6 +455,7 @@ class TraceProcessor:
         return out
 
     def tick(self, now_ns: int) -> list[Payload]:
+        self.settle()
         self._metrics.calibration_warm.labels("traces").set(1 if self.scorer.warm else 0)
         if self._summaries is None or not self._flush_summaries or self._summaries.empty:
             return []
@@ -422,4 +466,5 @@ class TraceProcessor:
         return [Payload(Signal.METRICS, data, points, time.monotonic_ns())]
 
     def close(self) -> None:
+        self.settle()
         self.scorer.close()

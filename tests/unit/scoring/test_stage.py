@@ -38,6 +38,7 @@ class Halver:
         self.batches: list[int] = []
         self.failed_open: list[str] = []
         self.ticks = 0
+        self.settled: list[int] = []  # batches seen when settle was called
 
     def process(self, payloads: Sequence[Payload]) -> list[Payload]:
         if self.fail:
@@ -52,6 +53,9 @@ class Halver:
     def tick(self, now_ns: int) -> list[Payload]:
         self.ticks += 1
         return [Payload(Signal.METRICS, b"summary", 1)]
+
+    def settle(self) -> None:
+        self.settled.append(len(self.batches))
 
 
 def _setup(processor: Halver, box: Box) -> tuple[Pipeline, ScoringStage, CollectorRegistry]:
@@ -76,6 +80,22 @@ async def test_acknowledges_after_scoring_and_forwards_the_selection() -> None:
         assert sum(processor.batches) == 8
         assert registry.get_sample_value("otelai_pipeline_latency_seconds_count", {"signal": "traces"}) == 8
         assert registry.get_sample_value("otelai_batch_size_count") == len(processor.batches)
+    finally:
+        await stage.stop()
+
+
+async def test_the_processor_settles_each_batch_after_it_was_acknowledged() -> None:
+    box, processor = Box(), Halver()
+    pipeline, stage, _ = _setup(processor, box)
+    await stage.start()
+    try:
+        assert await pipeline.submit(Payload(Signal.TRACES, b"x", 2)) is Admission.ACCEPTED
+        # Acknowledged and forwarded before the processor learned from the batch...
+        assert processor.batches == [1] and len(box.items) == 1
+        assert processor.settled == []
+        # ...which it does soon after, without another batch.
+        await asyncio.sleep(0.05)
+        assert processor.settled == [1]
     finally:
         await stage.stop()
 

@@ -166,11 +166,15 @@ def parse_forwarded(payload: Payload) -> Iterator[Forwarded]:
 
 
 @contextmanager
-def harness(config: Config | None = None, *, warm_batches: int = 30, seed: int = 7) -> Iterator[Harness]:
-    """A processor warmed up on ``warm_batches`` batches of 30 normal traces, then reset."""
+def harness(
+    config: Config | None = None, *, warm_batches: int = 30, seed: int = 7, defer: bool = False
+) -> Iterator[Harness]:
+    """A processor warmed up on ``warm_batches`` batches of 30 normal traces, then reset;
+    ``defer``: it learns from each batch only when the next one arrives (or at a tick)."""
     registry = CollectorRegistry()
     summaries = DroppedSummaries(start_ns=0)
     processor = TraceProcessor(config or make_config(), Metrics(registry), summaries=summaries)
+    processor.defer_learning = defer
     h = Harness(processor, registry, summaries)
     try:
         if warm_batches:
@@ -292,6 +296,35 @@ def test_a_critical_trace_is_forwarded_whole_across_batches() -> None:
             restored.trace_state = ""
             assert restored == originals[item.span.span_id]
         assert h.processor.buffer.recalled_spans - recalled == len(parts["frontend"])
+
+
+def test_learning_after_forwarding_decides_exactly_as_learning_at_once() -> None:
+    """Deferred learning (the service's mode: the stage settles each batch after forwarding
+    it) must not change a single decision, tag or summary, across batches and a critical
+    trace whose earlier spans are recalled from the buffer."""
+    runs = []
+    for defer in (False, True):
+        with harness(defer=defer) as h:
+            workload = Workload(21, error_rates={FLAKY: 0.25})
+            critical = unsampled(workload, h.processor.threshold, slow=SLOW, slow_factor=200.0, typical=True)
+            front = [(s, span) for s, span in critical.spans if s == "frontend"]
+            rest = [(s, span) for s, span in critical.spans if s != "frontend"]
+            h.stream(workload, 3, 60, extra={1: [request(front)], 2: [request(rest)]})
+            pending = len(h.processor._pending)
+            h.tick()
+            assert not h.processor._pending
+            assert pending == (1 if defer else 0)
+            assert {item.span.span_id for item in by_trace(h.forwarded)[critical.trace_id]} == set(
+                critical.span_ids
+            )
+            assert_summaries_add_up(h)
+            decisions = {d: h.selection(d) for d in ("dropped", "sampled", "critical_context", "anomaly")}
+            seen = [
+                (item.span.span_id, item.reason, item.severity, item.tags.get("otelai.anomaly.score"))
+                for item in h.forwarded
+            ]
+            runs.append((seen, decisions, [r.SerializeToString() for r in h.metric_requests]))
+    assert runs[0] == runs[1]
 
 
 def test_spans_older_than_the_decision_wait_are_not_recalled() -> None:
