@@ -39,7 +39,7 @@ _ODD = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio, odd: a bijective mu
 _CACHE_ENTRIES = 4096
 
 
-def _skeleton_classes() -> tuple[Any, Any]:
+def _skeleton_classes() -> tuple[Any, Any, Any]:
     """Skeleton request classes: items as bytes (logs, spans), and metrics down to their points."""
     fdp = descriptor_pb2.FileDescriptorProto(name="otelai_skeleton.proto", package="otelai_skeleton")
     fdp.syntax = "proto3"
@@ -59,8 +59,23 @@ def _skeleton_classes() -> tuple[Any, Any]:
                 added.oneof_index = 0
 
     message("Request", [("resources", 1, repeated, msg, "Resources")])
-    message("Resources", [("resource", 1, optional, raw, ""), ("scopes", 2, repeated, msg, "Scopes")])
-    message("Scopes", [("scope", 1, optional, raw, ""), ("items", 2, repeated, raw, "")])
+    message(
+        "Resources",
+        [
+            ("resource", 1, optional, raw, ""),
+            ("scopes", 2, repeated, msg, "Scopes"),
+            ("schema_url", 3, optional, raw, ""),
+        ],
+    )
+    message(
+        "Scopes",
+        [
+            ("scope", 1, optional, raw, ""),
+            ("items", 2, repeated, raw, ""),
+            ("schema_url", 3, optional, raw, ""),
+        ],
+    )
+    message("SpanState", [("trace_state", 3, optional, raw, "")])
     message("MetricRequest", [("resources", 1, repeated, msg, "MetricResources")])
     message(
         "MetricResources",
@@ -86,12 +101,15 @@ def _skeleton_classes() -> tuple[Any, Any]:
     )
     pool = descriptor_pool.DescriptorPool()
     pool.Add(fdp)
-    request = message_factory.GetMessageClass(pool.FindMessageTypeByName("otelai_skeleton.Request"))
-    metrics = message_factory.GetMessageClass(pool.FindMessageTypeByName("otelai_skeleton.MetricRequest"))
-    return request, metrics
+
+    def get(name: str) -> Any:
+        return message_factory.GetMessageClass(pool.FindMessageTypeByName(f"otelai_skeleton.{name}"))
+
+    return get("Request"), get("MetricRequest"), get("SpanState")
 
 
-SkeletonRequest, SkeletonMetricRequest = _skeleton_classes()
+# SpanState: a span's ``trace_state`` (field 3) alone, the rest of the span left unparsed.
+SkeletonRequest, SkeletonMetricRequest, SpanState = _skeleton_classes()
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,14 +54,13 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
 from otelai.backends.select import FallbackCallback
 from otelai.config import Config
 from otelai.config import Scoring as ScoringConfig
 from otelai.decision import sampling
 from otelai.decision.actions import Alert, Alerter, MitigationHook
-from otelai.decision.assemble import Assembler
+from otelai.decision.assemble import Assembler, skeleton
 from otelai.decision.severity import Severity, classify
 from otelai.decision.summaries import DroppedSummaries
 from otelai.decision.tagging import LOG_RECORD_ATTRIBUTES, tag_suffix
@@ -489,7 +488,7 @@ class LogProcessor:
         if not kept.size:
             return []
         raw = records.buf.tobytes()
-        assembler = Assembler("resource_logs", "scope_logs")
+        assembler = Assembler()
         # One Python step per kept record (a few percent of the batch): the tags differ per record.
         for row, r, resource, scope, start, end, score, level, selection in zip(
             kept.tolist(),
@@ -527,7 +526,7 @@ class LogProcessor:
         (the scoring stage counts its own fail-open; :meth:`process` counts unreadable requests).
         """
         out: list[Payload] = []
-        assembler = Assembler("resource_logs", "scope_logs")
+        assembler = Assembler()
         requests: list[Any] = []
         for payload, layout in zip(payloads, self._locate_each(payloads), strict=True):
             try:
@@ -616,10 +615,8 @@ def _detector_names(bundle: Bundle) -> tuple[str, str]:
 
 
 def _parsed(payload: Payload) -> Any:
-    """The parsed request of ``payload`` (the receiver's, else parsed here)."""
-    if payload.request is not None:
-        return payload.request
-    return ExportLogsServiceRequest.FromString(payload.data)
+    """The containers of ``payload``'s request, as the :class:`Assembler` reads them."""
+    return skeleton(payload.data)
 
 
 def _readable(data: bytes) -> bool:

@@ -28,12 +28,11 @@ from functools import partial
 from typing import Any
 
 import numpy as np
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from otelai.config import Config, Selection
 from otelai.decision import sampling
 from otelai.decision.actions import Alert, Alerter, MitigationHook
-from otelai.decision.assemble import Assembler
+from otelai.decision.assemble import Assembler, skeleton
 from otelai.decision.severity import Severity, classify, critical_per_trace
 from otelai.decision.summaries import DroppedSummaries
 from otelai.decision.tagging import (
@@ -48,6 +47,7 @@ from otelai.decision.tagging import (
 from otelai.decision.trace_buffer import CriticalTraces, Recalled, TraceBuffer, trace_keys
 from otelai.features.baseline import warm_up as baseline_warm_up
 from otelai.features.interner import Interner
+from otelai.features.otlp_layout import SpanState
 from otelai.features.span_batch import SpanBatch
 from otelai.features.span_decoder import prepare_decoder
 from otelai.features.spans import SPAN_SCHEMA, SpanBaselines, span_features, update_span_baselines
@@ -341,10 +341,11 @@ class TraceProcessor:
         # One request for the batch: the recalled spans join the kept ones, so each resource
         # (and scope) is written once per batch, not once per source of spans.
         requests: list[Any] = [None] * len(payloads)
-        assembler = Assembler("resource_spans", "scope_spans")
+        assembler = Assembler()
         self._add_recalled(assembler, requests, recalled)
         # Per kept span: its bytes, a suffix and its trace state. Normal spans (most of what
-        # is kept) share one suffix per selection reason; each scope's spans are reached once.
+        # is kept) share one suffix per selection reason. Requests are read as skeletons, only
+        # those with kept spans: the resource and scope bytes come from there.
         plain = {
             reason: tag_suffix(
                 SPAN_ATTRIBUTES,
@@ -356,36 +357,29 @@ class TraceProcessor:
             )
             for reason in (SAMPLED, CRITICAL_CONTEXT, ANOMALY)
         }
-        states: dict[tuple[str, int], bytes] = {}
-        scopes: dict[tuple[int, int, int], Any] = {}
+        states: dict[tuple[bytes, int], bytes] = {}
         columns = zip(
             kept.tolist(),
             batch.request.take(kept).tolist(),
             batch.resource.take(kept).tolist(),
             batch.scope.take(kept).tolist(),
-            batch.index.take(kept).tolist(),
             batch.span_start.take(kept).tolist(),
             batch.span_end.take(kept).tolist(),
             code.take(kept).tolist(),
             severity.take(kept).tolist(),
             strict=True,
         )
-        for row, r, resource, scope, index, start, end, reason, level in columns:
-            group = (r, resource, scope)
-            spans = scopes.get(group)
-            if spans is None:
-                request = requests[r]
-                if request is None:
-                    request = requests[r] = payloads[r].request or ExportTraceServiceRequest.FromString(
-                        datas[r]
-                    )
-                spans = scopes[group] = request.resource_spans[resource].scope_spans[scope].spans
+        for row, r, resource, scope, start, end, reason, level in columns:
+            if requests[r] is None:
+                requests[r] = skeleton(datas[r])
+            span = datas[r][start:end]
             threshold = self.threshold if reason == SAMPLED else 0
-            trace_state = spans[index].trace_state
+            # The span's own trace state (a skeleton parse that reads field 3 alone).
+            trace_state = SpanState.FromString(span).trace_state
             state = states.get((trace_state, threshold))
             if state is None:
                 state = states[trace_state, threshold] = trace_state_field(
-                    sampling.with_threshold(trace_state, threshold)
+                    sampling.with_threshold(trace_state.decode("utf-8", "replace"), threshold)
                 )
             # Normal spans kept as a sample or as context carry only why they were kept
             # (severity normal is implied): a quarter of the tag bytes, on most of what is
@@ -401,7 +395,7 @@ class TraceProcessor:
                     model_version=self._model_version,
                     selection_reason=REASONS[reason],
                 )
-            assembler.add(group, datas[r][start:end] + suffix + state)
+            assembler.add((r, resource, scope), span + suffix + state)
         if not assembler.items:
             return []
         oldest = min(payload.received_ns for payload in payloads)
@@ -425,19 +419,18 @@ class TraceProcessor:
         )
         for item in recalled:
             r = len(requests)
-            request = ExportTraceServiceRequest.FromString(item.data)
-            requests.append(request)
-            for start, end, resource, scope, index in zip(
+            requests.append(skeleton(item.data))
+            for start, end, resource, scope in zip(
                 item.start.tolist(),
                 item.end.tolist(),
                 item.resource.tolist(),
                 item.scope.tolist(),
-                item.index.tolist(),
                 strict=True,
             ):
-                span = request.resource_spans[resource].scope_spans[scope].spans[index]
-                state = trace_state_field(sampling.with_threshold(span.trace_state, 0))
-                assembler.add((r, resource, scope), item.data[start:end] + suffix + state)
+                span = item.data[start:end]
+                trace_state = SpanState.FromString(span).trace_state.decode("utf-8", "replace")
+                state = trace_state_field(sampling.with_threshold(trace_state, 0))
+                assembler.add((r, resource, scope), span + suffix + state)
 
     # -- fail open and periodic output ---------------------------------------------------------
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
+from google.protobuf.message import Message
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
@@ -9,7 +13,13 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeL
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
-from otelai.decision.assemble import Assembler
+from otelai.decision.assemble import Assembler, skeleton
+
+
+def skeletons(requests: Sequence[Message]) -> list[Any]:
+    """The requests as the assembler reads them: serialised, then their containers parsed."""
+    return [skeleton(request.SerializeToString()) for request in requests]
+
 
 RESOURCE_URL = "https://opentelemetry.io/schemas/1.26.0"
 SCOPE_URL = "https://opentelemetry.io/schemas/1.24.0"
@@ -61,11 +71,11 @@ def add_span(
 
 def test_items_go_back_under_their_resource_and_scope_with_schema_urls() -> None:
     requests = [spans_request("cart", {"a": ["a0", "a1", "a2"], "b": ["b0", "b1"]})]
-    assembler = Assembler("resource_spans", "scope_spans")
+    assembler = Assembler()
     add_span(assembler, requests, (0, 0, 0), 0)
     add_span(assembler, requests, (0, 0, 0), 2)
     add_span(assembler, requests, (0, 0, 1), 1)
-    out = ExportTraceServiceRequest.FromString(assembler.build(requests))
+    out = ExportTraceServiceRequest.FromString(assembler.build(skeletons(requests)))
     assert layout(out) == [
         ("cart", RESOURCE_URL, "a", SCOPE_URL, ["a0", "a2"]),
         ("cart", RESOURCE_URL, "b", SCOPE_URL, ["b1"]),
@@ -81,12 +91,12 @@ def test_identical_resources_of_different_requests_are_merged() -> None:
         spans_request("ad", {"a": ["y0"]}),
         spans_request("cart", {"a": ["z0"], "c": ["z1"]}),
     ]
-    assembler = Assembler("resource_spans", "scope_spans")
+    assembler = Assembler()
     add_span(assembler, requests, (0, 0, 0), 1)
     add_span(assembler, requests, (1, 0, 0), 0)
     add_span(assembler, requests, (2, 0, 0), 0)
     add_span(assembler, requests, (2, 0, 1), 0)
-    out = ExportTraceServiceRequest.FromString(assembler.build(requests))
+    out = ExportTraceServiceRequest.FromString(assembler.build(skeletons(requests)))
     assert layout(out) == [
         ("cart", RESOURCE_URL, "a", SCOPE_URL, ["x1", "z0"]),
         ("cart", RESOURCE_URL, "c", SCOPE_URL, ["z1"]),
@@ -97,10 +107,10 @@ def test_identical_resources_of_different_requests_are_merged() -> None:
 
 def test_same_resource_with_another_schema_url_is_not_merged() -> None:
     requests = [spans_request("cart", {"a": ["x0"]}), spans_request("cart", {"a": ["y0"]}, urls=False)]
-    assembler = Assembler("resource_spans", "scope_spans")
+    assembler = Assembler()
     add_span(assembler, requests, (0, 0, 0), 0)
     add_span(assembler, requests, (1, 0, 0), 0)
-    out = ExportTraceServiceRequest.FromString(assembler.build(requests))
+    out = ExportTraceServiceRequest.FromString(assembler.build(skeletons(requests)))
     assert layout(out) == [
         ("cart", RESOURCE_URL, "a", SCOPE_URL, ["x0"]),
         ("cart", "", "a", "", ["y0"]),
@@ -108,7 +118,7 @@ def test_same_resource_with_another_schema_url_is_not_merged() -> None:
 
 
 def test_nothing_added_builds_an_empty_request() -> None:
-    assembler = Assembler("resource_spans", "scope_spans")
+    assembler = Assembler()
     assert assembler.build([]) == b""
     assert assembler.items == 0
 
@@ -129,11 +139,11 @@ def test_log_records_assemble_the_same_way() -> None:
             )
         ]
     )
-    assembler = Assembler("resource_logs", "scope_logs")
+    assembler = Assembler()
     records = request.resource_logs[0].scope_logs[0].log_records
     for i in (1, 3):
         assembler.add((0, 0, 0), records[i].SerializeToString())
-    out = ExportLogsServiceRequest.FromString(assembler.build([request]))
+    out = ExportLogsServiceRequest.FromString(assembler.build(skeletons([request])))
     assert len(out.resource_logs) == 1
     rl = out.resource_logs[0]
     assert rl.resource == request.resource_logs[0].resource
