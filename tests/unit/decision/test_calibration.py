@@ -129,3 +129,18 @@ def test_incrementally_sorted_window_equals_a_fresh_sort() -> None:
         expected = EcdfCalibrator(window=512, sample_rate=1.0, min_samples=16)
         expected.update(cal._ring[: cal.samples])
         np.testing.assert_allclose(got, expected.transform(probe), err_msg=f"step {step}")
+
+
+def test_the_lookup_table_gives_the_mid_rank_ecdf_of_the_window_with_ties_and_nan() -> None:
+    rng = np.random.default_rng(3)
+    cal = EcdfCalibrator(window=512, sample_rate=1.0, min_samples=16, seed=0)
+    for _ in range(20):
+        # Few distinct values: ties everywhere; the window wraps around many times.
+        cal.update(rng.integers(0, 40, size=int(rng.integers(1, 200))).astype(np.float64) / 4)
+        window = np.sort(cal._ring[: cal.samples])
+        raw = np.concatenate([rng.integers(-4, 44, size=300) / 4, [np.nan, -np.inf, np.inf]])
+        expected = (np.searchsorted(window, raw, "left") + np.searchsorted(window, raw, "right")) / (
+            2.0 * window.size
+        )
+        expected[np.isnan(raw)] = np.nan
+        np.testing.assert_array_equal(cal.transform(raw), expected)
