@@ -1,7 +1,9 @@
 """The OTLP/gRPC receiver: ``TraceService``, ``MetricsService`` and ``LogsService`` ``Export``.
 
 A generic handler takes each request as raw bytes, so what is forwarded is exactly what was
-received; the bytes are parsed once (upb) only to validate them and count the items. The
+received; the bytes are only validated and their items counted (trace and log requests by the
+compiled validator of :mod:`otelai.receiver.wire_check` when it is sure, else by parsing them
+with upb). The
 gRPC health service runs on the same server; it says NOT_SERVING until the owner calls
 ``set_serving(True)``.
 
@@ -27,7 +29,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from otelai.config import GrpcReceiver as GrpcReceiverConfig
 from otelai.pipeline import Admission, Payload, Pipeline
 from otelai.receiver import status
-from otelai.receiver.decode import Encoding, Refusal, parse
+from otelai.receiver.decode import Encoding, Refusal, parse, prepare_wire_check
 from otelai.signals import Signal, success_response
 from otelai.telemetry.metrics import Metrics
 
@@ -79,6 +81,9 @@ class GrpcReceiver:
 
     async def start(self) -> None:
         """Bind the endpoint and start serving; raises ``OSError`` when it cannot bind."""
+        # The request validator compiles (or loads from numba's cache) off the event loop,
+        # before the first request rather than during it.
+        await asyncio.to_thread(prepare_wire_check)
         config = self._config
         token = config.auth.token() if config.auth is not None else None
         self._expected_auth = f"Bearer {token}".encode() if token else None

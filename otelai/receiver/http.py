@@ -12,6 +12,7 @@ on the same port for orchestrators.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import ssl
@@ -26,7 +27,16 @@ from otelai.config import HttpReceiver as HttpReceiverConfig
 from otelai.otlp_json import message_to_json
 from otelai.pipeline import Admission, Payload, Pipeline
 from otelai.receiver import status
-from otelai.receiver.decode import Decoded, Encoding, Refusal, decompress, encoding_of, parse, too_large
+from otelai.receiver.decode import (
+    Decoded,
+    Encoding,
+    Refusal,
+    decompress,
+    encoding_of,
+    parse,
+    prepare_wire_check,
+    too_large,
+)
 from otelai.signals import Signal, success_response
 from otelai.telemetry.metrics import Metrics
 
@@ -86,6 +96,9 @@ class HttpReceiver:
 
     async def start(self) -> None:
         """Bind the endpoint and start serving; raises ``OSError`` when it cannot bind."""
+        # The request validator compiles (or loads from numba's cache) off the event loop,
+        # before the first request rather than during it.
+        await asyncio.to_thread(prepare_wire_check)
         config = self._config
         token = config.auth.token() if config.auth is not None else None
         self._expected_auth = f"Bearer {token}".encode() if token else None

@@ -18,6 +18,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
 from otelai.otlp_json import request_to_json
 from otelai.receiver.decode import (
+    Decoded,
     Encoding,
     Refusal,
     decode_http_body,
@@ -28,7 +29,7 @@ from otelai.receiver.decode import (
 )
 from otelai.signals import Signal, count_items
 
-from .otlp_data import trace_request
+from .otlp_data import sdk_telemetry, trace_request
 
 LIMIT = 64 * 1024
 
@@ -150,6 +151,52 @@ def test_malformed_protobuf_is_invalid_argument() -> None:
     assert "malformed metrics protobuf" in refusal.message
 
 
+def test_valid_trace_protobuf_is_counted_without_parsing() -> None:
+    data = trace_request(spans=4)
+    decoded = parse(Signal.TRACES, data, Encoding.PROTOBUF)
+    assert decoded.request is None  # the compiled validator vouched for it: upb was skipped
+    assert (decoded.items, decoded.resources, decoded.data) == (4, 1, data)
+
+
+@pytest.mark.parametrize("signal", list(Signal))
+def test_sdk_protobuf_is_counted_without_parsing_but_metrics(signal: Signal) -> None:
+    _, data, items = sdk_telemetry(signal)
+    decoded = parse(signal, data, Encoding.PROTOBUF)
+    assert (decoded.request is None) == (signal is not Signal.METRICS)
+    assert (decoded.items, decoded.resources, decoded.data) == (items, 1, data)
+
+
+def test_trace_protobuf_the_validator_is_unsure_of_is_parsed() -> None:
+    # ResourceSpans.scope_spans (field 2) as a varint: upb keeps it as an unknown field.
+    data = b"\x0a\x02\x10\x05"
+    decoded = parse(Signal.TRACES, data, Encoding.PROTOBUF)
+    assert decoded.request is not None
+    assert (decoded.items, decoded.resources) == (0, 1)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x0a\x05\x0a",  # truncated
+        b"\x0a\x03\x1a\x01\xff",  # ResourceSpans.schema_url not UTF-8
+        b"\x0a\x04\x12\x02\x12\x00" + b"\x0a\x02\x12\x80",  # a span, then a bad length
+    ],
+)
+def test_malformed_trace_protobuf_is_refused_with_upb_message(data: bytes) -> None:
+    with pytest.raises(Refusal) as caught:
+        parse(Signal.TRACES, data, Encoding.PROTOBUF)
+    assert (caught.value.http_status, caught.value.grpc_code) == (400, grpc.StatusCode.INVALID_ARGUMENT)
+    assert caught.value.message.startswith("malformed traces protobuf: Error parsing message")
+
+
+def _parsed(signal: Signal, decoded: Decoded) -> Any:
+    """The parsed request, parsing ``data`` when the receiver did not (checked traces, logs)."""
+    if decoded.request is not None:
+        return decoded.request
+    assert signal is not Signal.METRICS and decoded.encoding is Encoding.PROTOBUF
+    return signal.spec.request_type.FromString(decoded.data)
+
+
 # --- properties -------------------------------------------------------------------------
 
 _OTLP_KEYS = [
@@ -207,7 +254,7 @@ def test_decoder_only_ever_refuses(
         assert refusal.http_status in (400, 413, 415)
         assert refusal.message
         return
-    assert decoded.items == count_items(signal, decoded.request)
+    assert decoded.items == count_items(signal, _parsed(signal, decoded))
     assert len(decoded.data) <= limit or decoded.encoding is Encoding.JSON
 
 
@@ -291,7 +338,7 @@ def test_valid_requests_round_trip(data: st.DataObject, encoding: Encoding, codi
     decoded = decode_http_body(
         signal, body, content_type=encoding.content_type, content_encoding=coding, limit=1 << 20
     )
-    assert decoded.request == request
+    assert _parsed(signal, decoded) == request
     assert signal.spec.request_type.FromString(decoded.data) == request
     if encoding is Encoding.PROTOBUF:
         assert decoded.data == serialised
