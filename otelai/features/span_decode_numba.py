@@ -6,8 +6,9 @@ Reads the protobuf binary encoding (https://protobuf.dev/programming-guides/enco
 over the container levels finds the spans, a second reads every span's fields, its status,
 events and attributes. It yields exactly the columns of the numpy reader
 (:mod:`otelai.features.span_batch` with :mod:`otelai.features.trace_layout` and
-:mod:`otelai.features.wire`) in about a fifth of its time (0.5 against 2.3 us a span on the
-benchmark's requests): the numpy reader pays a few numpy calls per field position and per
+:mod:`otelai.features.wire`) at a small fraction of its cost: on the benchmark's requests
+:func:`decode` takes about 0.15 us a span, a whole ``SpanBatch`` read through it 0.6, through
+the numpy reader 3 to 5. The numpy reader pays a few numpy calls per field position and per
 attribute key, this a few nanoseconds per field. Interning and the parent links stay in
 :mod:`~otelai.features.span_batch`, fed from these columns.
 
@@ -17,6 +18,16 @@ is unsure of (any malformation, groups, tags over five bytes, a KeyValue with tw
 ResourceSpans with two resources, an empty resource attribute) gives :data:`DEFER` instead, and
 the caller reads the batch with the numpy reader, which decides (and lists failed requests).
 So this reader may be stricter than the numpy one, never more lenient.
+
+Why it is fast (as :mod:`otelai.receiver.wire_check`): the helpers take a raw pointer to the
+bytes (:func:`_data`), never an array. numba reference-counts an array passed to a helper
+and, once the helper is inlined into a loop, at every iteration of that loop (an external
+call each time, even for an array without a meminfo and on branches never taken); it does
+the same for an array variable reassigned inside a loop, which is why :func:`_locate` fills
+arrays it is given. A pointer costs nothing. And the layout every encoder writes (ids, name,
+kind and times first, then a run of attributes with one-byte lengths) is read by
+straight-line code, the general field loop kept for the rest and for anything else. Together
+these took the kernel from 0.58 to about 0.15 us a span.
 
 Importing this module imports numba; :func:`warm_up` compiles the kernels (5-10 s on two busy
 cores) or loads them from numba's on-disk cache (``__pycache__`` beside this file, else the
@@ -33,7 +44,6 @@ import numba
 import numpy as np
 from numba.core import types
 from numba.extending import intrinsic
-from numba.np.numpy_support import carray
 from numpy.typing import NDArray
 
 log = logging.getLogger("otelai.features")
@@ -47,49 +57,70 @@ MAX_SHORT_NAME = 64  # must equal span_batch.MAX_SHORT_NAME: names up to this lo
 def _inline(func: F) -> F:
     """A helper compiled into its callers (numba IR inlining), for what runs per field.
 
-    A call between compiled functions costs 10 ns or more here: numba passes each array
-    argument through its reference counting (an external call; atomic unless the array has no
-    meminfo, which is why the kernels read a :func:`_address` view) and spills the caller's
-    registers. Inlined, a field costs a few nanoseconds. Inlining is slow to compile, so rare
-    paths (long varints, odd layouts) stay calls.
+    A call between compiled functions costs 10 ns or more here (argument passing, the
+    caller's registers spilled); inlined, a field costs a few nanoseconds. Helpers take the
+    bytes as a raw pointer (:func:`_data`), so inlining adds no reference counting. Inlining
+    is slow to compile, so rare paths (long varints, odd layouts) stay calls.
     """
     return cast(F, numba.njit(inline="always")(func))
 
 
 def _kernel(func: F) -> F:
-    """A function called once a batch or on a rare path; compiled into :func:`_decode`'s cache."""
+    """A function called once a batch or on a rare or long path; compiled into :func:`_decode`'s cache."""
     return cast(F, numba.njit(func))
 
 
-def _address_intrinsic(typingctx: Any, address: Any) -> tuple[Any, Any]:
-    """A uint8 pointer from an integer address, for a ``carray`` view without a meminfo."""
-    pointer = types.CPointer(types.uint8)  # type: ignore[no-untyped-call]
+def _data_intrinsic(typingctx: Any, array: Any) -> tuple[Any, Any]:
+    """The data pointer of a C-contiguous ``array``.
+
+    The helpers take pointers, not arrays: numba reference-counts every array a helper gets
+    (an external call) and, once a helper is inlined, at every iteration of the caller's loop;
+    a raw pointer costs nothing. The caller keeps the array alive.
+    """
+    pointer = types.CPointer(array.dtype)  # type: ignore[no-untyped-call]
 
     def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        return builder.inttoptr(args[0], context.get_value_type(pointer))
+        return context.make_array(signature.args[0])(context, builder, args[0]).data
 
-    return pointer(address), codegen
-
-
-_address: Any = intrinsic(_address_intrinsic)
+    return pointer(array), codegen
 
 
-def _word_intrinsic(typingctx: Any, array: Any, index: Any) -> tuple[Any, Any]:
-    """The eight bytes at ``array[index:]`` as a little-endian uint64: one unaligned load.
+_data: Any = intrinsic(_data_intrinsic)
+
+
+def _word_intrinsic(typingctx: Any, pointer: Any, index: Any) -> tuple[Any, Any]:
+    """The eight bytes at ``pointer[index:]`` as a little-endian uint64: one unaligned load.
 
     The caller guarantees eight readable bytes (the buffer's zero padding covers the end).
     """
 
     def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        array_value = context.make_array(signature.args[0])(context, builder, args[0])
-        return builder.load(
-            builder.gep(array_value.data, [args[1]]), typ=context.get_value_type(types.uint64), align=1
-        )
+        address = builder.gep(args[0], [args[1]])
+        word_pointer = builder.bitcast(address, context.get_value_type(types.uint64).as_pointer())
+        return builder.load(word_pointer, align=1)
 
-    return types.uint64(array, types.intp), codegen
+    return types.uint64(pointer, types.intp), codegen
 
 
 _word: Any = intrinsic(_word_intrinsic)
+
+
+def _put_word_intrinsic(typingctx: Any, pointer: Any, index: Any, value: Any) -> tuple[Any, Any]:
+    """Store the uint64 ``value`` little-endian at ``pointer[index:]``: one unaligned store.
+
+    For the id columns: two stores copy a trace id, where a byte loop costs sixteen.
+    """
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        address = builder.gep(args[0], [args[1]])
+        word_pointer = builder.bitcast(address, context.get_value_type(types.uint64).as_pointer())
+        builder.store(args[2], word_pointer, align=1)
+        return context.get_dummy_value()
+
+    return types.void(pointer, types.intp, types.uint64), codegen
+
+
+_put_word: Any = intrinsic(_put_word_intrinsic)
 
 
 def _jit(func: F) -> F:
@@ -138,18 +169,18 @@ KEY_NONE, KEY_HTTP_RESPONSE, KEY_HTTP_OLD, KEY_GRPC, KEY_DB = 0, 1, 2, 3, 4
 
 
 @_kernel
-def _varint(buf: Any, pos: int, limit: int) -> tuple[Any, int]:
+def _varint(data: Any, pos: int, limit: int) -> tuple[Any, int]:
     """The varint at ``pos``: value (uint64) and the position after it, -1 when malformed.
 
     Ten bytes at most, the tenth 0 or 1 (what any encoder writes for a 64-bit value).
     """
-    if pos < limit and buf[pos] < 0x80:
-        return np.uint64(buf[pos]), pos + 1
+    if pos < limit and data[pos] < 0x80:
+        return np.uint64(data[pos]), pos + 1
     value = np.uint64(0)
     for i in range(10):
         if pos + i >= limit:
             return value, -1
-        byte = np.uint64(buf[pos + i])
+        byte = np.uint64(data[pos + i])
         if i == 9 and byte > 1:
             return value, -1
         value |= (byte & _U64_7F) << np.uint64(7 * i)
@@ -159,65 +190,71 @@ def _varint(buf: Any, pos: int, limit: int) -> tuple[Any, int]:
 
 
 @_inline
-def _value(buf: Any, data: int, stop: int) -> Any:
-    """The value (uint64) of a varint field already checked by :func:`_field`."""
-    if buf[data] < 0x80:
-        return np.uint64(buf[data])
-    return _varint(buf, data, stop)[0]
+def _value(data: Any, start: int, stop: int) -> Any:
+    """The value (uint64) of a varint field already checked by :func:`_field`.
+
+    One and two bytes inline (a status code, an HTTP status); longer ones a call.
+    """
+    if data[start] < 0x80:
+        return np.uint64(data[start])
+    if data[start + 1] < 0x80:  # the field is checked: its second byte is inside it
+        return (np.uint64(data[start]) & _U64_7F) | (np.uint64(data[start + 1]) << np.uint64(7))
+    return _varint(data, start, stop)[0]
 
 
 @_inline
-def _field(buf: Any, pos: int, limit: int) -> tuple[Any, Any, Any]:
+def _field(data: Any, pos: int, limit: int) -> tuple[Any, Any, Any]:
     """Tag, value start and value end of the field at ``pos`` (``pos < limit``); end -1 when malformed.
 
     The value end is where the next field starts. Refused: field number 0, tags over five
     bytes or 32 bits, groups and unknown wire types, anything running past ``limit``. Inline:
-    one-byte tags with a one-byte length or varint, and fixed-width values (reading a byte past
-    ``limit`` is safe: the buffer has zero padding after the data); the rest is a call.
+    one-byte tags with a one-byte or two-byte length, a one-byte varint, and fixed-width
+    values (reading a byte past ``limit`` is safe: the buffer has zero padding after the
+    data); the rest is a call.
     """
-    first = np.int64(buf[pos])
-    second = np.int64(buf[pos + 1])
+    first = np.int64(data[pos])
+    second = np.int64(data[pos + 1])
     if 8 <= first < 0x80:
         wire_type = first & 7
         end: Any = limit + 1
-        data: Any = pos + 1
+        start: Any = pos + 1
         if wire_type == 2 and second < 0x80:
             end = pos + 2 + second
-            data = pos + 2
+            start = pos + 2
         elif wire_type == 0 and second < 0x80:
             end = pos + 2
-        elif wire_type == 2 and buf[pos + 2] < 0x80:  # a two-byte length (128 to 16383 bytes)
-            end = pos + 3 + ((second & 0x7F) | (np.int64(buf[pos + 2]) << 7))
-            data = pos + 3
+        elif wire_type == 2 and data[pos + 2] < 0x80:  # a two-byte length (128 to 16383 bytes)
+            end = pos + 3 + ((second & 0x7F) | (np.int64(data[pos + 2]) << 7))
+            start = pos + 3
         elif wire_type == 1:
             end = pos + 9
         elif wire_type == 5:
             end = pos + 5
         if end <= limit:
-            return first, data, end
-    return _field_slow(buf, pos, limit)
+            return first, start, end
+    return _field_slow(data, pos, limit)
 
 
 @_kernel
-def _field_slow(buf: Any, pos: int, limit: int) -> tuple[Any, Any, Any]:
+def _field_slow(data: Any, pos: int, limit: int) -> tuple[Any, Any, Any]:
     """:func:`_field` for any field."""
-    first = buf[pos]
+    first = data[pos]
     if 8 <= first < 0x80:
         field_tag = np.int64(first)
         at = pos + 1
     else:
-        raw, at = _varint(buf, pos, min(limit, pos + 5))
+        raw, at = _varint(data, pos, min(limit, pos + 5))
         if at < 0 or raw > _U32_MAX or (raw >> np.uint64(3)) == 0:
             return 0, 0, -1
         field_tag = np.int64(raw)
     wire_type = field_tag & 7
     if wire_type == 0:
-        return field_tag, at, _varint(buf, at, limit)[1]
+        return field_tag, at, _varint(data, at, limit)[1]
     if wire_type == 2:
-        length, data = _varint(buf, at, limit)
-        if data < 0 or length > np.uint64(limit - data):
+        length, start = _varint(data, at, limit)
+        if start < 0 or length > np.uint64(limit - start):
             return field_tag, 0, -1
-        return field_tag, data, data + np.int64(length)
+        return field_tag, start, start + np.int64(length)
     if wire_type == 1:
         end = at + 8
     elif wire_type == 5:
@@ -229,44 +266,40 @@ def _field_slow(buf: Any, pos: int, limit: int) -> tuple[Any, Any, Any]:
     return field_tag, at, end
 
 
-@_kernel
-def _equals(buf: Any, start: int, end: int, key: Any) -> bool:
-    """Whether ``buf[start:end]`` is the key :func:`_key` describes (size already checked)."""
+@_inline
+def _is(data: Any, start: int, end: int, key: Any) -> bool:
+    """Whether ``data[start:end]`` is the key :func:`_key` describes: size, first byte, then words."""
     size = np.int64(key[0])
-    if _word(buf, start) != key[2]:
+    if end - start != size or data[start] != key[1]:
         return False
-    if size > 16 and _word(buf, start + 8) != key[3]:
+    if _word(data, start) != key[2]:
         return False
-    if size > 24 and _word(buf, start + 16) != key[4]:
+    if size > 16 and _word(data, start + 8) != key[3]:
         return False
-    return bool(_word(buf, end - 8) == key[5])
+    if size > 24 and _word(data, start + 16) != key[4]:
+        return False
+    return bool(_word(data, end - 8) == key[5])
 
 
 @_inline
-def _is(buf: Any, start: int, end: int, key: Any) -> bool:
-    """:func:`_equals`, with its size and first byte tested here: a call only when they match."""
-    return end - start == np.int64(key[0]) and buf[start] == key[1] and _equals(buf, start, end, key)
-
-
-@_inline
-def _key_value(buf: Any, start: int, end: int) -> tuple[Any, ...]:
+def _key_value(data: Any, start: int, end: int) -> tuple[Any, ...]:
     """A KeyValue: (well formed, key fields, key start, key end, last value start, last value end).
 
     Inline for the layout every encoder writes (a key, then a value, with one-byte lengths),
     else :func:`_key_value_slow`.
     """
-    if buf[start] == 0x0A and buf[start + 1] < 0x80:
-        key_end = start + 2 + np.int64(buf[start + 1])
+    if data[start] == 0x0A and data[start + 1] < 0x80:
+        key_end = start + 2 + np.int64(data[start + 1])
         if key_end == end:
             return True, 1, start + 2, key_end, -1, -1
-        simple = key_end + 2 <= end and buf[key_end] == 0x12 and buf[key_end + 1] < 0x80
-        if simple and key_end + 2 + np.int64(buf[key_end + 1]) == end:
+        simple = key_end + 2 <= end and data[key_end] == 0x12 and data[key_end + 1] < 0x80
+        if simple and key_end + 2 + np.int64(data[key_end + 1]) == end:
             return True, 1, start + 2, key_end, key_end + 2, end
-    return _key_value_slow(buf, start, end)
+    return _key_value_slow(data, start, end)
 
 
 @_kernel
-def _key_value_slow(buf: Any, start: int, end: int) -> tuple[Any, ...]:
+def _key_value_slow(data: Any, start: int, end: int) -> tuple[Any, ...]:
     """Any KeyValue: (well formed, key fields, key start, key end, last value start, last value end).
 
     Ranges are -1 when absent. The numpy reader takes the first field as the key when it is a
@@ -276,50 +309,56 @@ def _key_value_slow(buf: Any, start: int, end: int) -> tuple[Any, ...]:
     keys, key_start, key_end, value_start, value_end = 0, -1, -1, -1, -1
     pos = start
     while pos < end:
-        field_tag, data, stop = _field_slow(buf, pos, end)
+        field_tag, field_start, stop = _field_slow(data, pos, end)
         if stop < 0:
             return False, 0, -1, -1, -1, -1
         if field_tag == 0x0A:
             keys += 1
-            key_start, key_end = data, stop
+            key_start, key_end = field_start, stop
         elif field_tag == 0x12:
-            value_start, value_end = data, stop
+            value_start, value_end = field_start, stop
         pos = stop
     return True, keys, key_start, key_end, value_start, value_end
 
 
 @_inline
-def _key_id(buf: Any, start: int, end: int) -> int:
-    """Which of the wanted attribute keys ``buf[start:end]`` is (``KEY_*``)."""
-    if _is(buf, start, end, _HTTP_RESPONSE):
-        return KEY_HTTP_RESPONSE
-    if _is(buf, start, end, _HTTP_OLD):
-        return KEY_HTTP_OLD
-    if _is(buf, start, end, _GRPC):
-        return KEY_GRPC
-    if _is(buf, start, end, _DB_NAME) or _is(buf, start, end, _DB):
-        return KEY_DB
+def _key_id(data: Any, start: int, end: int) -> int:
+    """Which of the wanted attribute keys ``data[start:end]`` is (``KEY_*``).
+
+    The wanted keys differ in size, so the size picks the one key to compare.
+    """
+    size = end - start
+    if size == np.int64(_HTTP_RESPONSE[0]):
+        return KEY_HTTP_RESPONSE if _is(data, start, end, _HTTP_RESPONSE) else KEY_NONE
+    if size == np.int64(_HTTP_OLD[0]):
+        return KEY_HTTP_OLD if _is(data, start, end, _HTTP_OLD) else KEY_NONE
+    if size == np.int64(_GRPC[0]):
+        return KEY_GRPC if _is(data, start, end, _GRPC) else KEY_NONE
+    if size == np.int64(_DB_NAME[0]):
+        return KEY_DB if _is(data, start, end, _DB_NAME) else KEY_NONE
+    if size == np.int64(_DB[0]):
+        return KEY_DB if _is(data, start, end, _DB) else KEY_NONE
     return KEY_NONE
 
 
-@_inline
-def _any_number(buf: Any, start: int, end: int) -> tuple[bool, Any]:
+@_kernel
+def _any_number(data: Any, start: int, end: int) -> tuple[bool, Any]:
     """An AnyValue's ``int_value``, else its ``string_value`` as 1-4 decimal digits; -1 otherwise.
 
     As the numpy reader: the last int field, used when present and non-negative; else the
-    last string field when it is such a number.
+    last string field when it is such a number. A call: a span has one such attribute.
     """
     number: Any = np.int64(-1)
     text_start, text_end = -1, -1
     pos = start
     while pos < end:
-        field_tag, data, stop = _field(buf, pos, end)
+        field_tag, field_start, stop = _field(data, pos, end)
         if stop < 0:
             return False, -1
         if field_tag == 0x18:
-            number = np.int64(_value(buf, data, stop))  # two's complement, as int64
+            number = np.int64(_value(data, field_start, stop))  # two's complement, as int64
         elif field_tag == 0x0A:
-            text_start, text_end = data, stop
+            text_start, text_end = field_start, stop
         pos = stop
     if number < 0 and text_start >= 0:
         number = -1
@@ -327,7 +366,7 @@ def _any_number(buf: Any, start: int, end: int) -> tuple[bool, Any]:
         if 1 <= length <= 4:
             number = 0
             for i in range(length):
-                digit = np.int64(buf[text_start + i]) - 48
+                digit = np.int64(data[text_start + i]) - 48
                 if digit < 0 or digit > 9:
                     number = -1
                     break
@@ -335,38 +374,38 @@ def _any_number(buf: Any, start: int, end: int) -> tuple[bool, Any]:
     return True, number
 
 
-@_inline
-def _event_is_exception(buf: Any, start: int, end: int) -> tuple[bool, bool]:
-    """(well formed, the event's last ``name`` field is ``exception``)."""
+@_kernel
+def _event_is_exception(data: Any, start: int, end: int) -> tuple[bool, bool]:
+    """(well formed, the event's last ``name`` field is ``exception``); a call, as events are few."""
     name_start, name_end = -1, -1
     pos = start
     while pos < end:
-        field_tag, data, stop = _field(buf, pos, end)
+        field_tag, field_start, stop = _field(data, pos, end)
         if stop < 0:
             return False, False
         if field_tag == 0x12:
-            name_start, name_end = data, stop
+            name_start, name_end = field_start, stop
         pos = stop
-    return True, name_start >= 0 and _is(buf, name_start, name_end, _EXCEPTION)
+    return True, name_start >= 0 and _is(data, name_start, name_end, _EXCEPTION)
 
 
 @_inline
-def _status_code(buf: Any, start: int, end: int) -> tuple[bool, Any]:
+def _status_code(data: Any, start: int, end: int) -> tuple[bool, Any]:
     """(well formed, the Status's last ``code``, 0 when absent)."""
     code = np.int64(0)
     pos = start
     while pos < end:
-        field_tag, data, stop = _field(buf, pos, end)
+        field_tag, field_start, stop = _field(data, pos, end)
         if stop < 0:
             return False, 0
         if field_tag == 0x18:
-            code = np.int64(_value(buf, data, stop))
+            code = np.int64(_value(data, field_start, stop))
         pos = stop
     return True, code
 
 
 @_kernel
-def _service_name(buf: Any, start: int, end: int) -> tuple[bool, int, int]:
+def _service_name(data: Any, start: int, end: int) -> tuple[bool, int, int]:
     """(well formed, start, end) of a Resource's ``service.name`` string; (-1, -1) for none.
 
     Follows trace_layout._service_name: the last matching attribute wins, even when its value
@@ -376,29 +415,29 @@ def _service_name(buf: Any, start: int, end: int) -> tuple[bool, int, int]:
     name_start, name_end = -1, -1
     pos = start
     while pos < end:
-        field_tag, data, stop = _field_slow(buf, pos, end)
+        field_tag, field_start, stop = _field_slow(data, pos, end)
         if stop < 0:
             return False, -1, -1
         pos = stop
         if field_tag != 0x0A:
             continue
-        if data == stop:  # trace_layout reads a byte past an empty attribute: left to it
+        if field_start == stop:  # trace_layout reads a byte past an empty attribute: left to it
             return False, -1, -1
-        good, keys, key_start, key_end, value_start, value_end = _key_value(buf, data, stop)
+        good, keys, key_start, key_end, value_start, value_end = _key_value(data, field_start, stop)
         if not good or keys > 1:
             return False, -1, -1
-        if keys == 0 or not _is(buf, key_start, key_end, _SERVICE_NAME):
+        if keys == 0 or not _is(data, key_start, key_end, _SERVICE_NAME):
             continue
-        if buf[data] == 0x0A and buf[data + 1] != _SERVICE_NAME[0]:
+        if data[field_start] == 0x0A and data[field_start + 1] != _SERVICE_NAME[0]:
             continue
         name_start, name_end = -1, -1
         inner = value_start
         while value_start >= 0 and inner < value_end:
-            any_tag, any_data, any_stop = _field_slow(buf, inner, value_end)
+            any_tag, any_start, any_stop = _field_slow(data, inner, value_end)
             if any_stop < 0:
                 return False, -1, -1
             if any_tag == 0x0A:
-                name_start, name_end = any_data, any_stop
+                name_start, name_end = any_start, any_stop
             inner = any_stop
     return True, name_start, name_end
 
@@ -414,49 +453,53 @@ def _resized(rows: Any, size: int) -> Any:
 
 
 @_kernel
-def _locate(buf: Any, request_start: Any, request_end: Any) -> tuple[int, Any, int, Any, int]:
+def _locate(
+    data: Any, request_start: Any, request_end: Any, spans: Any, services: Any
+) -> tuple[int, int, int]:
     """Every span's byte range and position, and every resource's service name range.
 
-    Returns (status, spans, span count, services, resource count); a span row is (start, end,
-    request, resource, scope, index, resource number in the batch), a service row (start, end).
+    ``data`` points at the requests' bytes (:func:`_data`). Fills ``spans`` and ``services``
+    up to their capacity and counts on past it; returns (status, span count, resource count),
+    so a caller whose arrays were too small calls again with arrays of the counts. A span
+    row is (start, end, request, resource, scope, index, resource number in the batch), a
+    service row (start, end). The arrays are never replaced here: numba reference-counts an
+    array variable reassigned in a loop at every iteration of that loop.
     """
-    spans = np.empty((max(16, buf.size // 512), 7), dtype=np.int64)
-    services = np.empty((16, 2), dtype=np.int64)
     n, m = 0, 0
+    span_rows, service_rows = spans.shape[0], services.shape[0]
     for request in range(request_start.size):
         pos, limit, resource = request_start[request], request_end[request], 0
         while pos < limit:
-            field_tag, data, stop = _field_slow(buf, pos, limit)
+            field_tag, field_start, stop = _field_slow(data, pos, limit)
             if stop < 0:
-                return DEFER, spans, 0, services, 0
+                return DEFER, 0, 0
             pos = stop
             if field_tag != 0x0A:
                 continue
-            if m == services.shape[0]:
-                services = _resized(services, 2 * m)
-            services[m, 0], services[m, 1] = -1, -1
-            resources, scope, inner = 0, 0, data
+            if m < service_rows:
+                services[m, 0], services[m, 1] = -1, -1
+            resources, scope, inner = 0, 0, field_start
             while inner < stop:
-                inner_tag, inner_data, inner_stop = _field_slow(buf, inner, stop)
+                inner_tag, inner_start, inner_stop = _field_slow(data, inner, stop)
                 if inner_stop < 0:
-                    return DEFER, spans, 0, services, 0
+                    return DEFER, 0, 0
                 if inner_tag == 0x0A:
                     resources += 1
-                    good, name_start, name_end = _service_name(buf, inner_data, inner_stop)
+                    good, name_start, name_end = _service_name(data, inner_start, inner_stop)
                     if not good or resources > 1:
-                        return DEFER, spans, 0, services, 0
-                    services[m, 0], services[m, 1] = name_start, name_end
+                        return DEFER, 0, 0
+                    if m < service_rows:
+                        services[m, 0], services[m, 1] = name_start, name_end
                 elif inner_tag == 0x12:
-                    index, at = 0, inner_data
+                    index, at = 0, inner_start
                     while at < inner_stop:
-                        span_tag, span_data, span_stop = _field_slow(buf, at, inner_stop)
+                        span_tag, span_start, span_stop = _field(data, at, inner_stop)
                         if span_stop < 0:
-                            return DEFER, spans, 0, services, 0
+                            return DEFER, 0, 0
                         if span_tag == 0x12:
-                            if n == spans.shape[0]:
-                                spans = _resized(spans, 2 * n)
-                            spans[n, 0], spans[n, 1], spans[n, 2] = span_data, span_stop, request
-                            spans[n, 3], spans[n, 4], spans[n, 5], spans[n, 6] = resource, scope, index, m
+                            if n < span_rows:
+                                spans[n, 0], spans[n, 1], spans[n, 2] = span_start, span_stop, request
+                                spans[n, 3], spans[n, 4], spans[n, 5], spans[n, 6] = resource, scope, index, m
                             n += 1
                             index += 1
                         at = span_stop
@@ -464,17 +507,26 @@ def _locate(buf: Any, request_start: Any, request_end: Any) -> tuple[int, Any, i
                 inner = inner_stop
             m += 1
             resource += 1
-    return OK, spans, n, services, m
+    return OK, n, m
 
 
 @_kernel
-def _read_spans(buf: Any, spans: Any, ids: Any, times: Any, small: Any, names: Any) -> int:
+def _read_spans(data: Any, spans: Any, ids: Any, times: Any, small: Any, names: Any) -> int:
     """Every span's columns; returns :data:`OK` or :data:`DEFER`.
 
     ``ids`` (n, 32): trace id, span id, parent span id bytes; ``times`` (n, 2): start and
     duration; ``small`` (n, 10) int16: status, kind, events, links, attributes, exception,
     http status class, grpc status, has db, has parent; ``names`` (n, 2): name byte range.
+
+    A span's leading fields in the order encoders write them are read straight through, the
+    rest by one loop over fields; attributes come in runs, read by a loop of their own while
+    they have the common layout (one-byte tag and length; see :func:`_key_value`). Both
+    predict better than a trip through the field dispatch each, and both read the same fields
+    in the same order as the field loop alone would, so the last of a repeated field still
+    wins and a field running past the span's end is still refused (``test_span_decode_model``
+    holds them to that loop).
     """
+    out = _data(ids)
     for row in range(spans.shape[0]):
         start, end = spans[row, 0], spans[row, 1]
         trace_at = span_at = parent_at = name_start = name_end = -1
@@ -486,67 +538,94 @@ def _read_spans(buf: Any, spans: Any, ids: Any, times: Any, small: Any, names: A
         http_response = http_old = grpc = np.int64(-1)
         has_db = False
         pos = start
+        # The fields every encoder writes first, in field order, straight through; each step is
+        # what the loop below would do with that field. The loop reads the rest.
+        if data[pos] == 0x0A and data[pos + 1] == 16 and pos + 18 <= end:
+            trace_at, trace_len, pos = pos + 2, 16, pos + 18
+        if data[pos] == 0x12 and data[pos + 1] == 8 and pos + 10 <= end:
+            span_at, span_len, pos = pos + 2, 8, pos + 10
+        if data[pos] == 0x22 and data[pos + 1] == 8 and pos + 10 <= end:
+            parent_at, parent_len, pos = pos + 2, 8, pos + 10
+        if data[pos] == 0x2A and data[pos + 1] < 0x80 and pos + 2 + np.int64(data[pos + 1]) <= end:
+            name_start, name_end = pos + 2, pos + 2 + np.int64(data[pos + 1])
+            pos = name_end
+        if data[pos] == 0x30 and data[pos + 1] < 0x80 and pos + 2 <= end:
+            kind, pos = np.int64(data[pos + 1]), pos + 2
+        if data[pos] == 0x39 and pos + 9 <= end:
+            begin, pos = _word(data, pos + 1), pos + 9
+        if data[pos] == 0x41 and pos + 9 <= end:
+            finish, pos = _word(data, pos + 1), pos + 9
         while pos < end:
-            field_tag, data, stop = _field(buf, pos, end)
+            field_tag, field_start, stop = _field(data, pos, end)
             if stop < 0:
                 return DEFER
+            pos = stop
             if field_tag == 0x4A:
-                attributes += 1
-                good, keys, key_start, key_end, value_start, value_end = _key_value(buf, data, stop)
-                if not good or keys > 1:
-                    return DEFER
-                which = _key_id(buf, key_start, key_end) if keys == 1 else KEY_NONE
-                if which == KEY_DB:
-                    has_db = True
-                elif which != KEY_NONE and value_start >= 0:
-                    good, number = _any_number(buf, value_start, value_end)
-                    if not good:
+                while True:
+                    attributes += 1
+                    good, keys, key_start, key_end, value_start, value_end = _key_value(
+                        data, field_start, stop
+                    )
+                    if not good or keys > 1:
                         return DEFER
-                    if which == KEY_HTTP_RESPONSE:
-                        http_response = number
-                    elif which == KEY_HTTP_OLD:
-                        http_old = number
-                    else:
-                        grpc = number
+                    which = _key_id(data, key_start, key_end) if keys == 1 else KEY_NONE
+                    if which == KEY_DB:
+                        has_db = True
+                    elif which != KEY_NONE and value_start >= 0:
+                        good, number = _any_number(data, value_start, value_end)
+                        if not good:
+                            return DEFER
+                        if which == KEY_HTTP_RESPONSE:
+                            http_response = number
+                        elif which == KEY_HTTP_OLD:
+                            http_old = number
+                        else:
+                            grpc = number
+                    # The next field, when it is another attribute with a one-byte length:
+                    # what _field would answer for it, without its dispatch.
+                    if data[pos] != 0x4A or data[pos + 1] >= 0x80:
+                        break
+                    stop = pos + 2 + np.int64(data[pos + 1])
+                    if stop > end:
+                        break
+                    field_start, pos = pos + 2, stop
             elif field_tag == 0x0A:
-                trace_at, trace_len = data, stop - data
+                trace_at, trace_len = field_start, stop - field_start
             elif field_tag == 0x12:
-                span_at, span_len = data, stop - data
+                span_at, span_len = field_start, stop - field_start
             elif field_tag == 0x22:
-                parent_at, parent_len = data, stop - data
+                parent_at, parent_len = field_start, stop - field_start
             elif field_tag == 0x2A:
-                name_start, name_end = data, stop
+                name_start, name_end = field_start, stop
             elif field_tag == 0x30:
-                kind = np.int64(_value(buf, data, stop))
+                kind = np.int64(_value(data, field_start, stop))
             elif field_tag == 0x39:
-                begin = _word(buf, data)
+                begin = _word(data, field_start)
             elif field_tag == 0x41:
-                finish = _word(buf, data)
+                finish = _word(data, field_start)
             elif field_tag == 0x5A:
                 events += 1
-                good, hit = _event_is_exception(buf, data, stop)
+                good, hit = _event_is_exception(data, field_start, stop)
                 if not good:
                     return DEFER
                 exception = exception or hit
             elif field_tag == 0x6A:
                 links += 1
             elif field_tag == 0x7A:
-                good, status = _status_code(buf, data, stop)
+                good, status = _status_code(data, field_start, stop)
                 if not good:
                     return DEFER
-            pos = stop
-        # Element by element: a row view or slice would cost an atomic reference count.
+        # Whole words through a pointer: a row view or slice would cost a reference count.
         if trace_len == 16:
-            for i in range(16):
-                ids[row, i] = buf[trace_at + i]
+            _put_word(out, 32 * row, _word(data, trace_at))
+            _put_word(out, 32 * row + 8, _word(data, trace_at + 8))
         if span_len == 8:
-            for i in range(8):
-                ids[row, 16 + i] = buf[span_at + i]
+            _put_word(out, 32 * row + 16, _word(data, span_at))
         has_parent = False
         if parent_len == 8:
-            for i in range(8):
-                ids[row, 24 + i] = buf[parent_at + i]
-                has_parent = has_parent or buf[parent_at + i] != 0
+            parent = _word(data, parent_at)
+            _put_word(out, 32 * row + 24, parent)
+            has_parent = parent != 0
         times[row, 0] = np.int64(min(begin, _INT64_MAX))
         times[row, 1] = np.int64(min(finish - begin, _INT64_MAX)) if finish > begin else 0
         http = http_response if http_response >= 0 else http_old
@@ -576,7 +655,7 @@ def _mix(x: Any) -> Any:
 
 
 @_kernel
-def _name_hashes(buf: Any, names: Any, salts: Any) -> Any:
+def _name_hashes(data: Any, names: Any, salts: Any) -> Any:
     """span_batch._name_hash, bit for bit: the same words, salts and batch-wide width."""
     n = names.shape[0]
     longest = 0
@@ -591,9 +670,9 @@ def _name_hashes(buf: Any, names: Any, salts: Any) -> Any:
             remaining = length - 8 * word  # bytes past the name's end count as zeros
             value = np.uint64(0)
             if remaining >= 8:
-                value = _word(buf, start + 8 * word)
+                value = _word(data, start + 8 * word)
             elif remaining > 0:
-                value = _word(buf, start + 8 * word) & (
+                value = _word(data, start + 8 * word) & (
                     (np.uint64(1) << np.uint64(8 * remaining)) - np.uint64(1)
                 )
             total += _mix(value + salts[word])
@@ -602,54 +681,61 @@ def _name_hashes(buf: Any, names: Any, salts: Any) -> Any:
 
 
 @_jit
-def _decode(data: Any, request_start: Any, request_end: Any, salts: Any) -> tuple[Any, ...]:
-    buf = carray(_address(data.ctypes.data), data.size)  # no reference count: see _inline
-    status, found, n, services, m = _locate(buf, request_start, request_end)
+def _decode(buf: Any, request_start: Any, request_end: Any, salts: Any) -> tuple[Any, ...]:
+    data = _data(buf)  # no reference count per helper call: see the module docstring
+    found = np.empty((max(16, buf.size // 256), 7), dtype=np.int64)  # spans of 256 bytes or more
+    named = np.empty((16, 2), dtype=np.int64)
+    status, n, m = _locate(data, request_start, request_end, found, named)
+    if status == OK and (n > found.shape[0] or m > named.shape[0]):  # more than room for: again
+        found = np.empty((n, 7), dtype=np.int64)
+        named = np.empty((m, 2), dtype=np.int64)
+        status, n, m = _locate(data, request_start, request_end, found, named)
     spans = _resized(found, n)
     ids = np.zeros((n, 32), dtype=np.uint8)
     times = np.zeros((n, 2), dtype=np.int64)
     small = np.zeros((n, 10), dtype=np.int16)
     names = np.zeros((n, 2), dtype=np.int64)
     if status == OK:
-        status = _read_spans(buf, spans, ids, times, small, names)
-    hashes = _name_hashes(buf, names, salts) if status == OK else np.zeros(0, dtype=np.uint64)
-    return status, spans, _resized(services, m), ids, times, small, names, hashes
+        status = _read_spans(data, spans, ids, times, small, names)
+    hashes = _name_hashes(data, names, salts) if status == OK else np.zeros(0, dtype=np.uint64)
+    return status, spans, _resized(named, m), ids, times, small, names, hashes
 
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
-@_kernel
+@_inline
 def _id_key(ids: Any, row: int, at: int) -> Any:
-    """A 64-bit key of a row's trace id and the 8-byte span id at column ``at`` (hashing only)."""
-    trace_low, trace_high, span = np.uint64(0), np.uint64(0), np.uint64(0)
-    for i in range(8):
-        shift = np.uint64(8 * i)
-        trace_low |= np.uint64(ids[row, i]) << shift
-        trace_high |= np.uint64(ids[row, 8 + i]) << shift
-        span |= np.uint64(ids[row, at + i]) << shift
+    """A 64-bit key of a row's trace id and the 8-byte span id at column ``at`` (hashing only).
+
+    ``ids`` points at the (n, 32) id rows (:func:`_data`).
+    """
+    trace_low, trace_high = _word(ids, 32 * row), _word(ids, 32 * row + 8)
+    span = _word(ids, 32 * row + at)
     return _mix(trace_low ^ _mix(trace_high + _GOLDEN) ^ (span * _MIX1))
 
 
-@_kernel
+@_inline
 def _is_parent(ids: Any, candidate: int, row: int) -> bool:
     """Whether ``candidate`` is in ``row``'s trace and its span id is ``row``'s parent span id."""
-    same = True
-    for i in range(24):  # the trace id against the trace id, the span id against the parent's
-        same = same and ids[candidate, i] == ids[row, i if i < 16 else i + 8]
-    return same
+    return bool(
+        _word(ids, 32 * candidate) == _word(ids, 32 * row)
+        and _word(ids, 32 * candidate + 8) == _word(ids, 32 * row + 8)
+        and _word(ids, 32 * candidate + 16) == _word(ids, 32 * row + 24)
+    )
 
 
 @_jit
-def _links(ids: Any, has_parent: Any) -> tuple[Any, Any, Any]:
+def _links(id_rows: Any, has_parent: Any) -> tuple[Any, Any, Any]:
     """Parent row, depth and child count of each span within the batch (span_batch._links).
 
     The parent is the lowest other row with the same trace id whose span id is the parent
-    span id (found through an open-addressing table of id keys, confirmed byte for byte);
+    span id (found through an open-addressing table of id keys, confirmed word for word);
     the depth counts hops to a root, -1 when the chain reaches a span without its parent in
-    the batch, or loops.
+    the batch, or loops. The ids are read through a pointer (C-contiguous rows of 32 bytes).
     """
-    n = ids.shape[0]
+    n = id_rows.shape[0]
+    ids = _data(id_rows)
     size = 16
     while size < 2 * n:
         size *= 2
@@ -715,7 +801,7 @@ def links(ids: NDArray[np.uint8], has_parent: NDArray[np.bool_]) -> tuple[Any, A
     ``ids`` is :class:`Decoded`'s (n, 32) trace, span and parent span ids; ``has_parent``
     whether the parent span id is valid. The columns of span_batch._links, bit for bit.
     """
-    return _links(ids, has_parent)
+    return _links(np.ascontiguousarray(ids), has_parent)
 
 
 class Decoded(NamedTuple):
