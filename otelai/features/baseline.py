@@ -71,6 +71,21 @@ class BaselineState:
     tick: int
 
 
+@dataclass(frozen=True)
+class Slots:
+    """Where a batch's keys sit in one state of a baseline (:meth:`EwBaseline.slots`).
+
+    ``row`` is each key's row (clamped to a valid row where absent), ``found`` whether the
+    key is stored; ``stored`` is the state's key array they were found in, so that a
+    baseline can tell slots of an older state (an update since adds and evicts keys) from
+    current ones.
+    """
+
+    row: I64
+    found: NDArray[np.bool_]
+    stored: I64
+
+
 class EwBaseline:
     """Per-key EW mean and variance of a value, merged a batch at a time.
 
@@ -140,13 +155,31 @@ class EwBaseline:
         """Replace the state with a copy of ``state`` (from :meth:`snapshot`)."""
         self._state = _copy(state)
 
-    def lookup(self, keys: IntArray) -> tuple[F64, F64, I64]:
+    def slots(self, keys: IntArray) -> Slots:
+        """Each key's row in the state as it is now, for :meth:`lookup`, :meth:`zscore` and
+        :meth:`shrunk_mean` on the same keys: a caller that asks several of them about one
+        batch finds the keys once (a binary search a key) instead of once a call.
+
+        Valid while the state keeps its keys: an :meth:`update` that adds or evicts keys, or a
+        :meth:`restore`, makes them stale, and passing stale slots raises.
+        """
+        slot, found = self._slots(keys)
+        return Slots(slot, found, self._state.keys)
+
+    def _rows(self, keys: IntArray, slots: Slots | None) -> tuple[I64, NDArray[np.bool_]]:
+        if slots is None:
+            return self._slots(keys)
+        if slots.stored is not self._state.keys:
+            raise ValueError("slots are of an older state of this baseline (or of another one)")
+        return slots.row, slots.found
+
+    def lookup(self, keys: IntArray, *, slots: Slots | None = None) -> tuple[F64, F64, I64]:
         """Mean, standard deviation (before the ``min_std`` floor) and count of each key.
 
-        Keys not stored get NaN, NaN and 0.
+        Keys not stored get NaN, NaN and 0. ``slots``: :meth:`slots` of ``keys``, if at hand.
         """
         state = self._state
-        slot, found = self._slots(keys)
+        slot, found = self._rows(keys, slots)
         mean = np.full(slot.size, np.nan)
         std = np.full(slot.size, np.nan)
         count = np.zeros(slot.size, dtype=np.int64)
@@ -156,14 +189,23 @@ class EwBaseline:
         count[found] = state.count.take(rows)
         return mean, std, count
 
-    def zscore(self, keys: IntArray, values: FloatArray) -> F32:
+    def zscore(
+        self,
+        keys: IntArray,
+        values: FloatArray,
+        *,
+        slots: Slots | None = None,
+        looked_up: tuple[F64, F64, I64] | None = None,
+    ) -> F32:
         """``(value - mean) / std`` against the state before any update with these values.
 
         Keys with fewer than ``min_count`` values (and negative keys) are scored against the
         global baseline; 0 while the global baseline itself has fewer than ``min_count``.
+        ``slots``: :meth:`slots` of ``keys``; ``looked_up``: :meth:`lookup` of ``keys`` (now),
+        for a caller that needs the lookup too and would otherwise pay for it twice.
         """
         values = np.asarray(values, dtype=np.float64)
-        mean, std, count = self.lookup(keys)
+        mean, std, count = self.lookup(keys, slots=slots) if looked_up is None else looked_up
         trusted = count >= self.min_count
         g_weight, g_mean, g_m2, g_count, _ = self._state.global_stats
         g_std = math.sqrt(g_m2 / g_weight) if g_weight > 0 else 0.0
@@ -175,15 +217,16 @@ class EwBaseline:
         scores: F32 = z.astype(np.float32)
         return scores
 
-    def shrunk_mean(self, keys: IntArray, prior_weight: float = 2.0) -> F64:
+    def shrunk_mean(self, keys: IntArray, prior_weight: float = 2.0, *, slots: Slots | None = None) -> F64:
         """Each key's EW mean shrunk toward the global mean by ``prior_weight`` pseudo-items.
 
         For 0/1 values this is a smoothed rate: a new key gets the global rate, and a key
-        seen a few times cannot claim a rate of exactly 0 or 1.
+        seen a few times cannot claim a rate of exactly 0 or 1. ``slots``: :meth:`slots` of
+        ``keys``, if at hand.
         """
         state = self._state
         g_mean = state.global_stats[1] if state.global_stats[0] > 0 else 0.0
-        slot, found = self._slots(keys)
+        slot, found = self._rows(keys, slots)
         weight = np.zeros(slot.size)
         mean = np.zeros(slot.size)
         weight[found] = state.weight.take(slot[found])

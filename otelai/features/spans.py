@@ -153,8 +153,10 @@ def span_features(
     operation = batch.operation_id.astype(np.int64)
     log_duration = np.log1p(batch.duration_ns.astype(np.float64) / 1e3)
     is_error = batch.status_code == 2
-    _, _, seen = baselines.latency.lookup(operation)
-    latency_z = np.clip(baselines.latency.zscore(operation, log_duration), -Z_CLIP, Z_CLIP)
+    # One lookup of the operations a baseline, shared by the features read from it.
+    latency = baselines.latency.lookup(operation)
+    seen = latency[2]
+    latency_z = np.clip(baselines.latency.zscore(operation, log_duration, looked_up=latency), -Z_CLIP, Z_CLIP)
     rate = baselines.errors.shrunk_mean(operation, baselines.error_prior_weight)
     surprise = np.where(is_error, -np.log(np.maximum(rate, MIN_ERROR_RATE)), 0.0)
     kind = batch.kind
