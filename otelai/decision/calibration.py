@@ -24,18 +24,16 @@ window has filled to ``min_samples``.
 
 from __future__ import annotations
 
-import importlib
-import logging
-import os
 from functools import cache
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from otelai.kernels import load_kernels
+
 FloatArray = npt.NDArray[np.float64]
 
-log = logging.getLogger("otelai.decision")
 
 # "numpy" keeps the numpy path even where numba is installed (tests compare the two).
 KERNEL_ENV = "OTELAI_CALIBRATION_KERNEL"
@@ -228,17 +226,5 @@ class EcdfCalibrator:
 
 @cache
 def _compiled() -> Any:
-    """The compiled kernels' module, warmed up; None when numba is missing or ``OTELAI_CALIBRATION_KERNEL=numpy``.
-
-    Compiled (or loaded from numba's cache) once, when the first calibrator is made, so that
-    the first batch does not pay for it.
-    """
-    if os.environ.get(KERNEL_ENV, "auto") == "numpy":
-        return None
-    try:
-        module = importlib.import_module("otelai.decision.calibration_numba")
-        module.warm_up()
-    except Exception as exc:  # numba missing or broken: the numpy path gives the same results
-        log.info("numba not available, calibration runs on numpy", extra={"error": str(exc)})
-        return None
-    return module
+    """The compiled kernels' module, or None (numba missing or ``OTELAI_CALIBRATION_KERNEL=numpy``)."""
+    return load_kernels("otelai.decision.calibration_numba", KERNEL_ENV, "calibration runs on numpy")

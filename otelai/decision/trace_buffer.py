@@ -19,9 +19,6 @@ followed traces are binary-searched, with the same results.
 
 from __future__ import annotations
 
-import importlib
-import logging
-import os
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -32,11 +29,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from otelai.kernels import load_kernels
+
 U64 = npt.NDArray[np.uint64]
 I64 = npt.NDArray[np.int64]
 Bool = npt.NDArray[np.bool_]
 
-log = logging.getLogger("otelai.decision")
 
 # "numpy" keeps the numpy index even where numba is installed (tests compare the two).
 INDEX_ENV = "OTELAI_TRACE_INDEX"
@@ -50,20 +48,8 @@ def trace_keys(trace_ids: npt.NDArray[np.uint8]) -> U64:
 
 @cache
 def _compiled() -> Any:
-    """The compiled index module, warmed up; None when numba is missing or ``OTELAI_TRACE_INDEX=numpy``.
-
-    Compiled (or loaded from numba's cache) once, when the first buffer is made, so that the
-    first batch does not pay for it.
-    """
-    if os.environ.get(INDEX_ENV, "auto") == "numpy":
-        return None
-    try:
-        module = importlib.import_module("otelai.decision.trace_index_numba")
-        module.warm_up()
-    except Exception as exc:  # numba missing or broken: the numpy index gives the same results
-        log.info("numba not available, trace keys are indexed with numpy", extra={"error": str(exc)})
-        return None
-    return module
+    """The compiled index module, or None (numba missing or ``OTELAI_TRACE_INDEX=numpy``)."""
+    return load_kernels("otelai.decision.trace_index_numba", INDEX_ENV, "trace keys are indexed with numpy")
 
 
 def _bits(keys: U64) -> I64:

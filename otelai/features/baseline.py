@@ -26,10 +26,7 @@ baseline, which every value updates.
 
 from __future__ import annotations
 
-import importlib
-import logging
 import math
-import os
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -37,13 +34,14 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from otelai.kernels import load_kernels
+
 F32 = NDArray[np.float32]
 F64 = NDArray[np.float64]
 I64 = NDArray[np.int64]
 IntArray = NDArray[np.int32] | NDArray[np.int64]
 FloatArray = NDArray[np.float32] | NDArray[np.float64]
 
-log = logging.getLogger("otelai.features")
 
 # "numpy" keeps the numpy merge even where numba is installed (tests compare the two).
 MERGE_ENV = "OTELAI_BASELINE_MERGE"
@@ -384,13 +382,7 @@ class EwBaseline:
 @cache
 def _compiled() -> Any:
     """The compiled merge module, or None (numba missing or ``OTELAI_BASELINE_MERGE=numpy``)."""
-    if os.environ.get(MERGE_ENV, "auto") == "numpy":
-        return None
-    try:
-        return importlib.import_module("otelai.features.baseline_numba")
-    except Exception as exc:  # numba missing or broken: the numpy merge gives the same results
-        log.info("numba not available, baselines merge with numpy", extra={"error": str(exc)})
-        return None
+    return load_kernels("otelai.features.baseline_numba", MERGE_ENV, "baselines merge with numpy")
 
 
 def _powers(size: int, half_life: float | None) -> F64:
