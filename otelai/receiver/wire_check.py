@@ -50,12 +50,12 @@ from typing import Any, NamedTuple, TypeVar, cast
 import numba
 import numpy as np
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
-from numba.core import types
-from numba.extending import intrinsic
 from numpy.typing import NDArray
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from otelai.features.pointers import data as _data
+from otelai.features.pointers import word as _word
 from otelai.signals import Signal
 
 log = logging.getLogger("otelai.receiver")
@@ -262,40 +262,6 @@ def _jit(func: F) -> F:
         jitted = numba.njit(cache=False, nogil=True)(func)
     return cast(F, jitted)
 
-
-def _data_intrinsic(typingctx: Any, array: Any) -> tuple[Any, Any]:
-    """The data pointer of ``array``.
-
-    The helpers take pointers, not arrays: numba reference-counts every array a helper gets
-    (an external call, atomic) and, once a helper is inlined, at every iteration of the
-    caller's loop; a raw pointer costs nothing. The caller keeps the array alive.
-    """
-    pointer = types.CPointer(array.dtype)  # type: ignore[no-untyped-call]
-
-    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        return context.make_array(signature.args[0])(context, builder, args[0]).data
-
-    return pointer(array), codegen
-
-
-_data: Any = intrinsic(_data_intrinsic)
-
-
-def _word_intrinsic(typingctx: Any, pointer: Any, index: Any) -> tuple[Any, Any]:
-    """The eight bytes at ``pointer[index:]`` as a little-endian uint64: one unaligned load.
-
-    The caller guarantees the eight bytes are inside the buffer.
-    """
-
-    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        address = builder.gep(args[0], [args[1]])
-        word_pointer = builder.bitcast(address, context.get_value_type(types.uint64).as_pointer())
-        return builder.load(word_pointer, align=1)
-
-    return types.uint64(pointer, types.intp), codegen
-
-
-_word: Any = intrinsic(_word_intrinsic)
 
 _HIGH_BITS = np.uint64(0x8080808080808080)
 _U64_7F = np.uint64(0x7F)
