@@ -206,16 +206,11 @@ def buffer_evict(
 @_jit
 def buffer_spans(table: I64, bits: int, keys: I64) -> I64:
     """Spans in the window of each of ``keys``' traces (0 for a key not there)."""
-    mask = table.shape[0] - 1
     out = np.zeros(keys.size, dtype=np.int64)
     for n in range(keys.size):
-        key = keys[n]
-        i = _home(key, bits)
-        while table[i, USED] != 0:
-            if table[i, KEY] == key:
-                out[n] = table[i, SPANS]
-                break
-            i = (i + 1) & mask
+        i = _find(table, bits, keys[n])
+        if i >= 0:
+            out[n] = table[i, SPANS]
     return out
 
 
@@ -290,16 +285,9 @@ def set_remove(table: I64, bits: int, keys: I64) -> int:
 @_jit
 def set_contains(table: I64, bits: int, keys: I64) -> Bool:
     """Which of ``keys`` are in the table."""
-    mask = table.shape[0] - 1
     out = np.zeros(keys.size, dtype=np.bool_)
     for n in range(keys.size):
-        key = keys[n]
-        i = _home(key, bits)
-        while table[i, USED] != 0:
-            if table[i, KEY] == key:
-                out[n] = True
-                break
-            i = (i + 1) & mask
+        out[n] = _find(table, bits, keys[n]) >= 0
     return out
 
 
