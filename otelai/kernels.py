@@ -14,9 +14,12 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 log = logging.getLogger("otelai.kernels")
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def load_kernels(module: str, env: str, fallback: str) -> Any:
@@ -42,3 +45,24 @@ def load_kernels(module: str, env: str, fallback: str) -> Any:
         log.info("numba not available, %s", fallback, extra={"error": str(exc)})
         return None
     return loaded
+
+
+def cached_jit(what: str) -> Callable[[F], F]:
+    """A decorator: ``numba.njit(nogil=True)`` with numba's on-disk cache where it can write one.
+
+    numba refuses ``cache=True`` (RuntimeError, at decoration) when neither ``__pycache__``
+    beside the module nor the user cache directory is writable, as in a read-only install with
+    a read-only home; then the kernel is compiled at every start instead, with one warning
+    naming ``what``. Only the kernel modules call this (they import numba anyway).
+    """
+    import numba
+
+    def decorate(func: F) -> F:
+        try:
+            jitted = numba.njit(cache=True, nogil=True)(func)
+        except RuntimeError as exc:
+            log.warning("numba cache unavailable, compiling %s at start-up", what, extra={"error": str(exc)})
+            jitted = numba.njit(cache=False, nogil=True)(func)
+        return cast(F, jitted)
+
+    return decorate

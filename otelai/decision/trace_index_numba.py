@@ -34,17 +34,12 @@ neither writable they compile at every start).
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable
-from typing import Any, TypeVar, cast
-
 import numba
 import numpy as np
 from numpy.typing import NDArray
 
-log = logging.getLogger("otelai.decision")
+from otelai.kernels import cached_jit
 
-F = TypeVar("F", bound=Callable[..., Any])
 I64 = NDArray[np.int64]
 Bool = NDArray[np.bool_]
 
@@ -59,16 +54,7 @@ SET_COLUMNS = 2
 _GOLDEN = np.int64(0x9E3779B97F4A7C15 - 2**64)
 
 
-def _jit(func: F) -> F:
-    """``numba.njit(nogil=True)``, cached on disk when a cache directory is writable."""
-    try:
-        jitted = numba.njit(cache=True, nogil=True)(func)
-    except RuntimeError as exc:  # no writable cache directory: compile at every start
-        log.warning(
-            "numba cache unavailable, compiling the trace index at start-up", extra={"error": str(exc)}
-        )
-        jitted = numba.njit(cache=False, nogil=True)(func)
-    return cast(F, jitted)
+_jit = cached_jit("the trace index")
 
 
 @numba.njit(inline="always")

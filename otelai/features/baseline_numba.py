@@ -12,32 +12,17 @@ imports it lazily and keeps the numpy merge when it is missing.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable
-from typing import Any, TypeVar, cast
-
-import numba
 import numpy as np
 from numpy.typing import NDArray
 
-log = logging.getLogger("otelai.features")
+from otelai.kernels import cached_jit
 
-F = TypeVar("F", bound=Callable[..., Any])
 F64 = NDArray[np.float64]
 I64 = NDArray[np.int64]
 I32 = NDArray[np.int32]
 
 
-def _jit(func: F) -> F:
-    """``numba.njit(nogil=True)``, cached on disk when a cache directory is writable."""
-    try:
-        jitted = numba.njit(cache=True, nogil=True)(func)
-    except RuntimeError as exc:  # no writable cache directory: compile at every start
-        log.warning(
-            "numba cache unavailable, compiling the baseline kernel at start-up", extra={"error": str(exc)}
-        )
-        jitted = numba.njit(cache=False, nogil=True)(func)
-    return cast(F, jitted)
+_jit = cached_jit("the baseline kernel")
 
 
 @_jit

@@ -36,7 +36,6 @@ user cache directory; with neither writable they compile at every start).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any, NamedTuple, TypeVar, cast
 
@@ -47,8 +46,7 @@ from numpy.typing import NDArray
 from otelai.features.pointers import data as _data
 from otelai.features.pointers import put_word as _put_word
 from otelai.features.pointers import word as _word
-
-log = logging.getLogger("otelai.features")
+from otelai.kernels import cached_jit
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -72,19 +70,7 @@ def _kernel(func: F) -> F:
     return cast(F, numba.njit(func))
 
 
-def _jit(func: F) -> F:
-    """``numba.njit`` with the on-disk cache when some cache directory is writable.
-
-    numba refuses ``cache=True`` (RuntimeError, at decoration) when neither ``__pycache__``
-    beside this file nor the user cache directory is writable, as in a read-only install with
-    a read-only home; then the kernels are compiled at every start instead.
-    """
-    try:
-        jitted = numba.njit(cache=True, nogil=True)(func)
-    except RuntimeError as exc:
-        log.warning("numba cache unavailable, compiling span decoder at start-up", extra={"error": str(exc)})
-        jitted = numba.njit(cache=False, nogil=True)(func)
-    return cast(F, jitted)
+_jit = cached_jit("the span decoder")
 
 
 _U64_7F = np.uint64(0x7F)

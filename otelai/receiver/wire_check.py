@@ -43,7 +43,6 @@ numba's on-disk cache (``__pycache__`` beside this file, else the user cache dir
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any, NamedTuple, TypeVar, cast
 
@@ -56,9 +55,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from otelai.features.pointers import data as _data
 from otelai.features.pointers import word as _word
+from otelai.kernels import cached_jit
 from otelai.signals import Signal
-
-log = logging.getLogger("otelai.receiver")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -246,21 +244,7 @@ def _inline(func: F) -> F:
     return cast(F, numba.njit(inline="always")(func))
 
 
-def _jit(func: F) -> F:
-    """``numba.njit`` with the on-disk cache when some cache directory is writable.
-
-    numba refuses ``cache=True`` (RuntimeError, at decoration) when neither ``__pycache__``
-    beside this file nor the user cache directory is writable; then the kernel is compiled at
-    every start instead.
-    """
-    try:
-        jitted = numba.njit(cache=True, nogil=True)(func)
-    except RuntimeError as exc:
-        log.warning(
-            "numba cache unavailable, compiling the wire check at start-up", extra={"error": str(exc)}
-        )
-        jitted = numba.njit(cache=False, nogil=True)(func)
-    return cast(F, jitted)
+_jit = cached_jit("the wire check")
 
 
 _HIGH_BITS = np.uint64(0x8080808080808080)
