@@ -27,7 +27,7 @@ import grpc
 
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
-HOPS = ("direct", "rotel", "rotel-nobatch", "otelai", "otelai-scoring")
+HOPS = ("direct", "rotel", "rotel-nobatch", "otelai", "otelai-scoring", "otelai-scoring-worker")
 
 
 class HopUnavailable(Exception):
@@ -189,10 +189,13 @@ def otelai_command() -> list[str]:
     return [str(script), "serve"]
 
 
-def otelai_config(grpc_port: int, sink_port: int, metrics_port: int, *, scoring: bool = False) -> str:
-    """gRPC in, OTLP/gRPC out without compression; pass-through, or scoring at the defaults."""
+def otelai_config(
+    grpc_port: int, sink_port: int, metrics_port: int, *, scoring: bool = False, worker: bool = False
+) -> str:
+    """gRPC in, OTLP/gRPC out without compression; pass-through, or scoring at the defaults
+    (``worker``: in the scoring worker process, ``scoring.worker_process: true``)."""
     selection = (
-        "scoring: {enabled: true}"
+        f"scoring: {{enabled: true, worker_process: {'true' if worker else 'false'}}}"
         if scoring
         else "scoring: {enabled: false}\nselection: {normal_sample_rate: 1.0}"
     )
@@ -219,7 +222,13 @@ def otelai(name: str, sink_port: int, workdir: Path, config_text: str | None) ->
     if config_text is not None:
         template = config_text
     else:
-        template = otelai_config(grpc_port, sink_port, metrics_port, scoring=name == "otelai-scoring")
+        template = otelai_config(
+            grpc_port,
+            sink_port,
+            metrics_port,
+            scoring=name.startswith("otelai-scoring"),
+            worker=name == "otelai-scoring-worker",
+        )
     config = workdir / f"{name}.yaml"
     config.write_text(
         template.replace("{GRPC_PORT}", str(grpc_port))
@@ -253,7 +262,7 @@ def start(
     elif name == "otelai":
         with otelai(name, sink_port, workdir, otelai_config_text) as hop:
             yield hop
-    elif name == "otelai-scoring":
+    elif name in ("otelai-scoring", "otelai-scoring-worker"):
         with otelai(name, sink_port, workdir, None) as hop:
             yield hop
     else:

@@ -35,16 +35,37 @@ def summary_ms(values_ns: Sequence[int]) -> dict[str, float]:
 
 
 def process_cpu_s(pid: int | None) -> float:
-    """User plus system CPU seconds of a process and all its threads; NaN if it is gone."""
+    """User plus system CPU seconds of a process and all its threads, and of its live child
+    processes (a scoring worker's CPU is the hop's); NaN if it is gone."""
     if pid is None:
         return math.nan
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-    except OSError:
+    fields = _stat(pid)
+    if fields is None:
         return math.nan
     # fields[0] is field 3 (state) of proc(5); utime and stime are fields 14 and 15.
-    return (int(fields[11]) + int(fields[12])) * _TICK_S
+    total = (int(fields[11]) + int(fields[12])) * _TICK_S
+    for child in _children(pid):
+        total += process_cpu_s(child) if _stat(child) is not None else 0.0
+    return total
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def _children(pid: int) -> list[int]:
+    """Live child processes of ``pid`` (field 4 of proc(5) stat is the parent's pid)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = _stat(int(entry))
+            if fields is not None and int(fields[1]) == pid:
+                out.append(int(entry))
+    return out
 
 
 def machine_cpu_s() -> tuple[float, float]:

@@ -341,6 +341,9 @@ class Scoring(_Model):
     # Score in a worker thread instead of on the event loop (measured slower on 2 cores: the
     # GIL stretches each batch; may help where the models release the GIL for long, e.g. GPUs).
     worker_thread: bool = False
+    # Score in a worker process (otelai.scoring.worker): the event loop receives and forwards
+    # on one core while the models run on another. Takes precedence over worker_thread.
+    worker_process: bool = False
     # The version tagged on items when no bundle is loaded (a bundle names its own).
     model_version: str = "builtin-0"
 

@@ -74,7 +74,13 @@ class Service:
             self.queues.append(queue)
         self.pipeline = Pipeline(self.queues, self.metrics)
         if cfg.scoring.enabled:
-            self.scoring = Scoring(cfg, self.pipeline, self.metrics, worker_thread=cfg.scoring.worker_thread)
+            self.scoring = Scoring(
+                cfg,
+                self.pipeline,
+                self.metrics,
+                worker_thread=cfg.scoring.worker_thread,
+                worker_process=cfg.scoring.worker_process,
+            )
             await self.scoring.start()
         protocols = cfg.receivers.otlp.protocols
         retry_after = cfg.service.retry_after

@@ -11,6 +11,14 @@ batcher (NVIDIA Triton Inference Server, "Dynamic Batcher") is the offline-tuned
 Requests are never split: a batch holds whole requests, and a request larger than the
 target makes a batch of its own.
 
+Handing on: ``process`` may return a future instead of finishing the batch (a scoring worker
+process took it, :mod:`otelai.scoring.worker`). The batch is then out until that future is
+done; up to ``depth`` batches are out at once, and the next batch is cut only when one more
+may go, so that the worker starts its next batch as soon as it answered one, and requests
+wait in this queue (where admission sees them) rather than in the worker's. What the batch
+cost, for the model, is its time in the worker: from when it was handed on, or when the batch
+before it came back if that was later, to when it came back.
+
 Admission: :meth:`has_room` says whether a request would, by the controller's cost model,
 finish within the latency target behind what is queued and in flight; :meth:`wait_for_room`
 holds a caller until it would (flow control, as a full HTTP/2 window holds a sender). A
@@ -28,7 +36,8 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Generic, TypeVar
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -76,11 +85,13 @@ class AdaptiveBatcher(Generic[T]):
         left unprocessed) and the exception; default: log them.
     controller
         The control law; by default one built from the bounds above.
+    depth
+        Batches that may be handed on at once (see above); 1 when ``process`` never hands on.
     """
 
     def __init__(
         self,
-        process: Callable[[list[T]], Awaitable[None]],
+        process: Callable[[list[T]], Awaitable[asyncio.Future[Any] | None]],
         *,
         size_of: Callable[[T], int],
         min_batch_size: int = 64,
@@ -92,6 +103,7 @@ class AdaptiveBatcher(Generic[T]):
         on_violation: Callable[[int], None] | None = None,
         on_error: Callable[[Sequence[T], BaseException], None] | None = None,
         controller: BatchController | None = None,
+        depth: int = 1,
     ) -> None:
         self._process = process
         self._size_of = size_of
@@ -121,6 +133,9 @@ class AdaptiveBatcher(Generic[T]):
         self._in_flight: tuple[int, float] | None = None
         self._admission = asyncio.Lock()  # held by the one request waiting for room
         self._room_changed = asyncio.Event()
+        self._depth = max(1, depth)
+        self._handed: deque[_Handed] = deque()  # batches handed on, in order
+        self._last_back = 0.0  # when the last handed-on batch came back
 
     @property
     def queued_items(self) -> int:
@@ -142,15 +157,20 @@ class AdaptiveBatcher(Generic[T]):
         target's worth of queued items. Always ``True`` when nothing is queued or in flight
         (a request alone must never wait for room) and once stopped (``offer`` refuses).
         """
-        if self._closed or (not self._queue and self._in_flight is None):
+        if self._closed or (not self._queue and self._in_flight is None and not self._handed):
             return True
         model = self.controller.model
         if model is None:
             return self._queued_items + size <= self.controller.target
+        now = asyncio.get_running_loop().time()
         left = 0.0
         if self._in_flight is not None:
             items, started = self._in_flight
-            left = max(0.0, started + model.cost(items) - asyncio.get_running_loop().time())
+            left = max(0.0, started + model.cost(items) - now)
+        if self._handed:  # in the worker, one after the other
+            first = self._handed[0]
+            left += max(0.0, max(first.sent, self._last_back) + model.cost(first.items) - now)
+            left += sum(model.cost(batch.items) for batch in list(self._handed)[1:])
         budget = self.controller.admission_budget
         return left <= budget and model.cost(self._queued_items + size) <= budget
 
@@ -262,7 +282,8 @@ class AdaptiveBatcher(Generic[T]):
         loop = asyncio.get_running_loop()
         while True:
             while not self._queue:
-                self._idle.set()
+                if not self._handed:
+                    self._idle.set()
                 await self._sleep_or_wake(None)
             deadline = self._queue[0][2] + self._wait_for_company()
             # Requests held for room mean the queue is as full as it may get: start now.
@@ -283,6 +304,8 @@ class AdaptiveBatcher(Generic[T]):
                 await asyncio.sleep(0)
                 if len(self._queue) == queued:
                     break
+            while len(self._handed) >= self._depth:  # the worker is full: cut when it can take one
+                await self._sleep_or_wake(None)
             await self._run_batch(loop)
 
     def _wait_for_company(self) -> float:
@@ -322,7 +345,12 @@ class AdaptiveBatcher(Generic[T]):
         self._wake_room_waiters()  # the queue just emptied into this batch
         failed = False
         try:
-            await self._process(items)
+            handed = await self._process(items)
+            if handed is not None and not handed.done():
+                batch = _Handed(total, loop.time(), times, sizes, handed)
+                self._handed.append(batch)
+                handed.add_done_callback(lambda _: self._back(batch))
+                return
         except asyncio.CancelledError:
             self._report_error(items, BatcherStopped("batcher stopped while processing"))
             raise
@@ -342,6 +370,25 @@ class AdaptiveBatcher(Generic[T]):
             failed,
         )
         self._wake_room_waiters()  # after the model has learnt from this batch
+
+    def _back(self, batch: _Handed) -> None:
+        """A handed-on batch came back: learn from it as from one processed here."""
+        done = asyncio.get_running_loop().time()
+        with contextlib.suppress(ValueError):
+            self._handed.remove(batch)
+        seconds = done - max(batch.sent, self._last_back)  # its time in the worker
+        self._last_back = done
+        failed = batch.future.cancelled() or batch.future.exception() is not None
+        self._observe(
+            batch.items,
+            seconds,
+            np.asarray(batch.times, dtype=np.float64),
+            np.asarray(batch.sizes, dtype=np.float64),
+            done,
+            failed,
+        )
+        self._wake_room_waiters()
+        self._wake()  # room for the next batch; or idle, if nothing else is queued or out
 
     def _observe(
         self,
@@ -381,6 +428,17 @@ class AdaptiveBatcher(Generic[T]):
             self._on_error(items, exc)
         except Exception:
             log.exception("on_error callback failed")
+
+
+@dataclass(frozen=True, eq=False)
+class _Handed:
+    """A batch handed on by ``process``: its items, when, its requests' enqueue times and sizes."""
+
+    items: int
+    sent: float
+    times: list[float]
+    sizes: list[int]
+    future: asyncio.Future[Any]
 
 
 def _resolve(waiter: asyncio.Future[None]) -> None:

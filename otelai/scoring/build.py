@@ -20,6 +20,7 @@ from otelai.models.serving import load_configured_bundle
 from otelai.pipeline import Pipeline
 from otelai.scoring.stage import Processor, ScoringStage
 from otelai.scoring.thread import LoopAlerter, LoopMitigation, scoring_executor
+from otelai.scoring.worker import RemoteProcessor, WorkerProcess
 from otelai.signals import Signal
 from otelai.telemetry.metrics import Metrics
 
@@ -35,35 +36,53 @@ class Scoring:
     """
 
     def __init__(
-        self, config: Config, pipeline: Pipeline, metrics: Metrics, *, worker_thread: bool = False
+        self,
+        config: Config,
+        pipeline: Pipeline,
+        metrics: Metrics,
+        *,
+        worker_thread: bool = False,
+        worker_process: bool = False,
     ) -> None:
         self.config = config
         self._metrics = metrics
         self.bundle = _bundle(config)
-        self.summaries = _summaries(config)
         self.alerter = _alerter(config, metrics)
         self.mitigation = _mitigation(config, metrics)
-        # What the processors call from the scoring thread, run on the event loop.
-        self._loop_alerter = LoopAlerter(self.alerter)
-        self._loop_mitigation = LoopMitigation(self.mitigation) if self.mitigation is not None else None
-        # Off by default: on a loaded 2-core machine the thread lost (benchmarks/hop.py; the
-        # GIL hand-offs stretch each batch's wall time, and the batcher then cuts batches).
-        self._executor = scoring_executor() if worker_thread else None
+        self.worker: WorkerProcess | None = None
+        self.summaries: DroppedSummaries | None = None
+        self._executor = None
         self.stages: dict[Signal, ScoringStage] = {}
-        interval = config.summaries.interval
-        flushed = False
-        # Traces first: the logs stage follows the critical traces the traces stage finds.
-        order = sorted(config.scoring.signals, key=["traces", "logs", "metrics"].index)
-        for name in order:
-            signal = Signal(name)
+        if worker_process:
+            # The processors live in the worker (built there when it starts); the alerter and
+            # the mitigation hook stay here, on the event loop.
+            self.worker = WorkerProcess(config, metrics, self.alerter, self.mitigation)
+            processors: dict[Signal, Processor] = {
+                signal: RemoteProcessor(signal, self.worker) for signal in _signals(config)
+            }
+        else:
+            self.summaries = summaries_of(config)
+            # What the processors call from the scoring thread, run on the event loop.
+            self._loop_alerter = LoopAlerter(self.alerter)
+            self._loop_mitigation = LoopMitigation(self.mitigation) if self.mitigation is not None else None
+            # Off by default: on a loaded 2-core machine the thread lost (benchmarks/hop.py; the
+            # GIL hand-offs stretch each batch's wall time, and the batcher then cuts batches).
+            self._executor = scoring_executor() if worker_thread else None
             try:
-                processor = self._processor(signal, flush_summaries=not flushed)
+                processors = build_processors(
+                    config,
+                    metrics,
+                    alerter=cast(Alerter, self._loop_alerter),
+                    mitigation=cast(MitigationHook | None, self._loop_mitigation),
+                    bundle=self.bundle,
+                    summaries=self.summaries,
+                )
             except BundleError as exc:  # its files load, but its models cannot be built
-                self._close_stages()
                 if self._executor is not None:
                     self._executor.shutdown(wait=False)
                 raise _startup_error(exc) from exc
-            flushed = flushed or signal in (Signal.TRACES, Signal.LOGS)
+        interval = config.summaries.interval
+        for signal, processor in processors.items():
             stage = ScoringStage(
                 processor,
                 pipeline,
@@ -79,49 +98,10 @@ class Scoring:
         self._watcher: asyncio.Task[None] | None = None
         self._refresh_model_info()
 
-    def _on_fallback(self, source: str, target: str, reason: str) -> None:
-        self._metrics.backend_fallbacks.labels(source, target).inc()
-
-    def _processor(self, signal: Signal, *, flush_summaries: bool) -> Processor:
-        # The processors call only ``submit`` and ``trigger``, which the loop proxies provide.
-        common: dict[str, Any] = {
-            "alerter": cast(Alerter, self._loop_alerter),
-            "mitigation": cast(MitigationHook | None, self._loop_mitigation),
-            "on_fallback": self._on_fallback,
-        }
-        if signal is Signal.TRACES:
-            from otelai.scoring.traces import TraceProcessor
-
-            processor = TraceProcessor(
-                self.config,
-                self._metrics,
-                summaries=self.summaries,
-                flush_summaries=flush_summaries,
-                bundle=self.bundle,
-                **common,
-            )
-            processor.defer_learning = True  # the stage settles each batch once it is forwarded
-            return processor
-        if signal is Signal.LOGS:
-            from otelai.scoring.logs import LogProcessor
-
-            traces = self.stages.get(Signal.TRACES)
-            critical = getattr(traces.processor, "critical", None) if traces is not None else None
-            return LogProcessor(
-                self.config,
-                self._metrics,
-                summaries=self.summaries,
-                flush_summaries=flush_summaries,
-                critical_traces=critical,
-                bundle=self.bundle,
-                **common,
-            )
-        from otelai.scoring.metrics import MetricProcessor
-
-        return MetricProcessor(self.config, self._metrics, bundle=self.bundle, **common)
-
     def active_backend(self) -> str:
         """The backend the models run on now ("none" until a model is fitted)."""
+        if self.worker is not None:
+            return self.worker.backend
         for stage in self.stages.values():
             scorer = getattr(stage.processor, "scorer", None)
             for detector in getattr(scorer, "detectors", ()):
@@ -148,10 +128,19 @@ class Scoring:
             self._refresh_model_info()
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._loop_alerter.bind(loop)
-        if self._loop_mitigation is not None:
-            self._loop_mitigation.bind(loop)
+        if self.worker is not None:
+            try:
+                await self.worker.start()
+            except RuntimeError as exc:
+                from otelai.service import StartupError  # the service imports this module
+
+                raise StartupError(f"cannot start: {exc}") from exc
+            self._refresh_model_info()
+        else:
+            loop = asyncio.get_running_loop()
+            self._loop_alerter.bind(loop)
+            if self._loop_mitigation is not None:
+                self._loop_mitigation.bind(loop)
         self._watcher = asyncio.create_task(self._watch_models(), name="otelai-model-info")
         if self.alerter is not None:
             await self.alerter.start()
@@ -173,6 +162,8 @@ class Scoring:
             await stage.stop()
         if self._executor is not None:
             self._executor.shutdown(wait=True)  # idle: each stage waited for its calls
+        if self.worker is not None:
+            await self.worker.stop()
         self._close_stages()
         if self.alerter is not None:
             await self.alerter.shutdown()
@@ -184,6 +175,70 @@ class Scoring:
             close = getattr(stage.processor, "close", None)
             if close is not None:
                 close()
+
+
+def _signals(config: Config) -> list[Signal]:
+    # Traces first: the logs processor follows the critical traces the traces processor finds.
+    return [Signal(name) for name in sorted(config.scoring.signals, key=["traces", "logs", "metrics"].index)]
+
+
+def build_processors(
+    config: Config,
+    metrics: Metrics,
+    *,
+    alerter: Alerter,
+    mitigation: MitigationHook | None,
+    bundle: Bundle | None,
+    summaries: DroppedSummaries | None,
+) -> dict[Signal, Processor]:
+    """The processor of every scored signal (in the service, or in its scoring worker).
+
+    One table of summaries for spans and log records, flushed by the first of them, so that
+    upstream gets one stream. Raises :class:`~otelai.models.bundle.BundleError` when the
+    bundle's models cannot be built; the processors built so far are closed.
+    """
+
+    def on_fallback(source: str, target: str, reason: str) -> None:
+        metrics.backend_fallbacks.labels(source, target).inc()
+
+    # The processors call only the alerter's ``submit`` and the hook's ``trigger``.
+    common: dict[str, Any] = {"alerter": alerter, "mitigation": mitigation, "on_fallback": on_fallback}
+    processors: dict[Signal, Processor] = {}
+    flushed = False
+    try:
+        for signal in _signals(config):
+            flush = not flushed
+            flushed = flushed or signal in (Signal.TRACES, Signal.LOGS)
+            if signal is Signal.TRACES:
+                from otelai.scoring.traces import TraceProcessor
+
+                traces = TraceProcessor(
+                    config, metrics, summaries=summaries, flush_summaries=flush, bundle=bundle, **common
+                )
+                traces.defer_learning = True  # the stage settles each batch once it is forwarded
+                processors[signal] = traces
+            elif signal is Signal.LOGS:
+                from otelai.scoring.logs import LogProcessor
+
+                critical = getattr(processors.get(Signal.TRACES), "critical", None)
+                processors[signal] = LogProcessor(
+                    config,
+                    metrics,
+                    summaries=summaries,
+                    flush_summaries=flush,
+                    critical_traces=critical,
+                    bundle=bundle,
+                    **common,
+                )
+            else:
+                from otelai.scoring.metrics import MetricProcessor
+
+                processors[signal] = MetricProcessor(config, metrics, bundle=bundle, **common)
+    except BundleError:
+        for processor in processors.values():
+            getattr(processor, "close", lambda: None)()
+        raise
+    return processors
 
 
 def _startup_error(exc: BundleError) -> Exception:
@@ -200,7 +255,8 @@ def _bundle(config: Config) -> Bundle | None:
         raise _startup_error(exc) from exc
 
 
-def _summaries(config: Config) -> DroppedSummaries | None:
+def summaries_of(config: Config) -> DroppedSummaries | None:
+    """The table of summaries of dropped items the configuration asks for (None: off)."""
     settings = config.summaries
     if not settings.enabled:
         return None

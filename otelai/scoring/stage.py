@@ -114,6 +114,12 @@ class ScoringStage:
         self._tick_interval = tick_interval
         self._ticker: asyncio.Task[None] | None = None
         self._pending_ticks: list[Payload] = []
+        # A processor in the scoring worker (``submit`` and ``result``): up to its ``depth``
+        # batches out at once, finished as their replies come (otelai.scoring.worker).
+        depth = getattr(processor, "depth", None)
+        self._remote = bool(depth)
+        self._replies: set[asyncio.Task[None]] = set()
+        self._remote_failing = False
         self._batcher: AdaptiveBatcher[_Item] = AdaptiveBatcher(
             self._process,
             size_of=lambda item: max(1, item[0].items),
@@ -125,6 +131,7 @@ class ScoringStage:
             on_batch=self._on_batch,
             on_violation=lambda count: metrics.sla_violations.inc(count),
             on_error=self._on_error,
+            depth=depth or 1,
         )
 
     async def start(self) -> None:
@@ -141,7 +148,12 @@ class ScoringStage:
         return await future
 
     async def drain(self, timeout: float) -> bool:  # noqa: ASYNC109
+        started = time.monotonic()
         drained = await self._batcher.drain(timeout)
+        if self._replies:  # batches still in the scoring worker
+            left = max(0.0, timeout - (time.monotonic() - started))
+            _, pending = await asyncio.wait(set(self._replies), timeout=left)
+            drained = drained and not pending
         await self._flush_ticks(final=True)
         return drained
 
@@ -151,6 +163,8 @@ class ScoringStage:
             await asyncio.gather(self._ticker, return_exceptions=True)
             self._ticker = None
         await self._batcher.stop()
+        if self._replies:  # each ends with its reply, or fails open when the worker is gone
+            await asyncio.gather(*self._replies, return_exceptions=True)
         if self._running:  # cancelled on the loop, still running on their thread
             await asyncio.gather(*self._running, return_exceptions=True)
 
@@ -180,21 +194,50 @@ class ScoringStage:
     def _on_batch(self, items: int, seconds: float) -> None:
         self._metrics.batch_size.observe(items)
 
-    async def _process(self, items: list[_Item]) -> None:
+    async def _process(self, items: list[_Item]) -> asyncio.Future[None] | None:
         # Since queued, not since received: time spent waiting for room was not in the queue.
         # Only the requests already past the target are forwarded unscored; the rest of the
         # batch (queued later) is scored: one late request must not cost its whole batch.
         late_after = time.monotonic_ns() - self._target_ns
         late = [item for item in items if item[2] < late_after]
-        if not late:
-            self._finish(items, await self._call(self._score, [payload for payload, _, _ in items]))
-            self._settle_soon()
-            return
-        on_time = [item for item in items if item[2] >= late_after]
-        self._finish(late, self._fail_open([payload for payload, _, _ in late], "too_slow"))
-        if on_time:
-            self._finish(on_time, await self._call(self._score, [payload for payload, _, _ in on_time]))
-            self._settle_soon()
+        on_time = [item for item in items if item[2] >= late_after] if late else items
+        if late:
+            self._finish(late, self._fail_open([payload for payload, _, _ in late], "too_slow"))
+        if not on_time:
+            return None
+        if self._remote:
+            return await self._submit(on_time)
+        self._finish(on_time, await self._call(self._score, [payload for payload, _, _ in on_time]))
+        self._settle_soon()
+        return None
+
+    async def _submit(self, items: list[_Item]) -> asyncio.Future[None] | None:
+        """Hand a batch to the scoring worker and return once it is sent, with the task that
+        finishes it when the reply comes (the batcher keeps up to the worker's depth out)."""
+        payloads = [payload for payload, _, _ in items]
+        try:
+            reply = await self.processor.submit(payloads)  # type: ignore[attr-defined]
+        except Exception as exc:
+            self._finish(items, self._remote_failed(payloads, exc))
+            return None
+        task = asyncio.create_task(self._receive(items, payloads, reply))
+        self._replies.add(task)
+        task.add_done_callback(self._replies.discard)
+        return task
+
+    async def _receive(self, items: list[_Item], payloads: list[Payload], reply: Any) -> None:
+        try:
+            forward: list[Payload] = await self.processor.result(reply)  # type: ignore[attr-defined]
+            self._remote_failing = False
+        except Exception as exc:
+            forward = self._remote_failed(payloads, exc)
+        self._finish(items, forward)
+
+    def _remote_failed(self, payloads: list[Payload], exc: Exception) -> list[Payload]:
+        if not self._remote_failing:  # once per run of failures: a dead worker fails every batch
+            log.error("scoring failed; forwarding batches unscored", extra={"error": str(exc)})
+        self._remote_failing = True
+        return self._fail_open(payloads, "error")
 
     def _settle_soon(self) -> None:
         """Have the processor learn from the batch just forwarded, once the loop has sent it.
@@ -204,6 +247,8 @@ class ScoringStage:
         gRPC call starts in a task of its own). A batch that starts first settles anyway (the
         processor does it before scoring). With an executor, it runs there, in order.
         """
+        if hasattr(self.processor, "process_async"):
+            return  # a remote processor learns in its own process, right after replying
         loop = asyncio.get_running_loop()
         if self._executor is None:
             loop.call_later(SETTLE_DELAY, self._settle)
@@ -265,8 +310,14 @@ class ScoringStage:
             return []
 
     async def _flush_ticks(self, final: bool = False) -> None:
-        # On the executor too: the summaries are shared with the batch path.
-        await self._call(self._tick, (), on_result=self._pending_ticks.extend)
+        if self._remote:
+            try:
+                reply = await self.processor.submit_tick(time.time_ns())  # type: ignore[attr-defined]
+                self._pending_ticks.extend(await self.processor.result(reply))  # type: ignore[attr-defined]
+            except Exception as exc:
+                log.warning("periodic output failed", extra={"error": str(exc)})
+        else:  # on the executor too: the summaries are shared with the batch path
+            await self._call(self._tick, (), on_result=self._pending_ticks.extend)
         # Summaries the exporters cannot take now wait for the next tick; at the end, try once.
         while self._pending_ticks:
             if self._pipeline.deliver(self._pending_ticks[0]) is not Admission.ACCEPTED:

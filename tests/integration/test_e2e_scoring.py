@@ -18,6 +18,7 @@ import random
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -72,6 +73,7 @@ scoring:
   calibration: {{window: 8192, min_samples: 200, sample_rate: 1.0}}
   pca: {{min_samples: 500}}
   batching: {{latency_target: 2s}}
+  worker_process: {worker_process}
 summaries:
   interval: 1s
 """
@@ -225,15 +227,22 @@ def dropped(sink: OtlpSink) -> Counter[tuple[str, str]]:
     return counts
 
 
+# In the service's process, and in its scoring worker process (scoring.worker_process).
+@pytest.mark.parametrize("worker_process", [False, True], ids=["in_process", "worker_process"])
 def test_anomalies_arrive_tagged_and_the_rest_is_sampled_and_summarised(
+    worker_process: bool,
     caplog: pytest.LogCaptureFixture,
     sink: OtlpSink,
     rotel_factory: Callable[..., Rotel],
     otelai_service: Callable[..., OtelaiService],
 ) -> None:
     rotel = rotel_factory(f"http://{sink.grpc_endpoint}")
-    service = otelai_service(CONFIG.format(endpoint=rotel.grpc_endpoint))
+    service = otelai_service(
+        CONFIG.format(endpoint=rotel.grpc_endpoint, worker_process="true" if worker_process else "false")
+    )
     shop = Services(service.grpc_target)
+    children = Path(f"/proc/{service.pid}/task/{service.pid}/children").read_text().split()
+    assert len(children) == (1 if worker_process else 0)  # the scoring worker
     injected: dict[int, str] = {}
     try:
         for _ in range(WARM_UP):  # 9000 spans: the first scores leave the calibration window

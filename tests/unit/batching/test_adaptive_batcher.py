@@ -380,3 +380,80 @@ def test_has_room_before_the_model_is_fitted_and_when_idle() -> None:
         return unfitted, idle, crowded
 
     assert run_virtual(main()) == (True, True, False)
+
+
+@dataclass
+class Worker:
+    """A model in another process: ``process`` hands the batch on and returns a future; the
+    worker scores batches one after the other, ``a + b * n`` virtual seconds each."""
+
+    a: float
+    b: float
+    queue: asyncio.Queue[tuple[list[Request], asyncio.Future[None]]] = field(default_factory=asyncio.Queue)
+    out: int = 0  # batches handed on and not back
+    most_out: int = 0
+    spans: list[tuple[float, float, int]] = field(default_factory=list)  # (start, end, items)
+    latencies: list[float] = field(default_factory=list)
+    waits: list[float] = field(default_factory=list)  # enqueue to the start in the worker
+    enqueued: dict[int, float] = field(default_factory=dict)
+
+    async def process(self, batch: list[Request]) -> asyncio.Future[None]:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.out += 1
+        self.most_out = max(self.most_out, self.out)
+        self.queue.put_nowait((batch, done))
+        return done
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch, done = await self.queue.get()
+            start = loop.time()
+            items = sum(n for _, n in batch)
+            self.waits.extend(start - self.enqueued[seq] for seq, _ in batch)
+            await asyncio.sleep(self.a + self.b * items)
+            self.spans.append((start, loop.time(), items))
+            self.latencies.extend(loop.time() - self.enqueued[seq] for seq, _ in batch)
+            self.out -= 1
+            done.set_result(None)
+
+
+def test_handed_on_batches_keep_the_worker_busy_and_the_model_learns_its_cost() -> None:
+    # 1 ms + 10 us an item in the worker; 16 callers offer 64 items every ms (overload).
+    worker = Worker(a=0.001, b=10e-6)
+
+    async def caller(batcher: AdaptiveBatcher[Request], first: int, until: float) -> None:
+        loop = asyncio.get_running_loop()
+        seq = first
+        while loop.time() < until:
+            if await batcher.wait_for_room(64, timeout=0.05):
+                worker.enqueued[seq] = loop.time()
+                assert batcher.offer((seq, 64))
+                seq += 1
+            await asyncio.sleep(0.001)
+
+    async def main() -> AdaptiveBatcher[Request]:
+        runner = asyncio.create_task(worker.run())
+        batcher = AdaptiveBatcher(worker.process, size_of=_items, latency_target_p99=0.010, depth=2)
+        await batcher.start()
+        await asyncio.gather(*(caller(batcher, i * 1_000_000, 2.0) for i in range(16)))
+        assert await batcher.drain(1.0)
+        assert worker.out == 0  # drained: every handed-on batch came back
+        await batcher.stop()
+        runner.cancel()
+        return batcher
+
+    batcher = run_virtual(main())
+    assert worker.most_out == 2  # never more than the depth out at once
+    late = [span for span in worker.spans if span[0] > 0.5]
+    # Under overload the worker never waits for the next batch: each starts as the last ends.
+    gaps = [later[0] - earlier[1] for earlier, later in zip(late, late[1:], strict=False)]
+    assert max(gaps) == pytest.approx(0.0, abs=1e-9)
+    # The model prices a batch at its time in the worker, not at the moment it took to hand on.
+    model = batcher.controller.model
+    assert model is not None
+    assert model.cost(1000) == pytest.approx(0.001 + 1000 * 10e-6, rel=0.05)
+    # Admission counts what is in the worker: no request waits past the target before the
+    # worker starts it (it would be forwarded unscored), and they finish near the target.
+    assert max(worker.waits[len(worker.waits) // 4 :]) <= 0.010
+    assert float(np.percentile(worker.latencies[len(worker.latencies) // 2 :], 99)) <= 0.020

@@ -1,0 +1,211 @@
+"""Scoring in a worker process (otelai/scoring/worker.py): same decisions, same counters, fail open."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from prometheus_client import CollectorRegistry
+
+from otelai.config import load_config
+from otelai.decision.actions import Alert
+from otelai.decision.tagging import SELECTION_REASON
+from otelai.models.serving import load_configured_bundle
+from otelai.pipeline import Admission, Payload, Pipeline
+from otelai.scoring.build import Scoring, build_processors, summaries_of
+from otelai.scoring.worker import (
+    RecordedActions,
+    RecordingMetrics,
+    RemoteProcessor,
+    SharedWindow,
+    WorkerProcess,
+    apply_metric_ops,
+)
+from otelai.signals import Signal
+from otelai.telemetry.metrics import Metrics
+
+from .test_stage import Box
+from .test_trace_processor import make_config
+from .trace_workload import Workload, interleave, per_service, span_count
+
+pytestmark = pytest.mark.slow  # each test starts a worker process (a few seconds)
+
+
+def test_recorded_metric_updates_replay_on_the_service_metrics() -> None:
+    recorder = RecordingMetrics()
+    recorder.selection_items.labels("traces", "dropped").inc(5)
+    recorder.selection_items.labels("traces", "dropped").inc()
+    recorder.calibration_warm.labels("traces").set(1)
+    recorder.batch_size.observe(512)
+    recorder.model_info.labels(version="v1", backend="onnxruntime").set(1)
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    apply_metric_ops(metrics, recorder.take())
+    assert recorder.ops == []
+    assert (
+        registry.get_sample_value("otelai_selection_items_total", {"signal": "traces", "decision": "dropped"})
+        == 6
+    )
+    assert registry.get_sample_value("otelai_calibration_warm", {"signal": "traces"}) == 1
+    assert registry.get_sample_value("otelai_batch_size_count") == 1
+    assert registry.get_sample_value("otelai_model_info", {"version": "v1", "backend": "onnxruntime"}) == 1
+    # A name the service does not know is skipped (logged), the rest still applies.
+    recorder.no_such_family.inc()
+    recorder.anomalies.labels("traces", "critical").inc(2)
+    apply_metric_ops(metrics, recorder.take())
+    assert (
+        registry.get_sample_value("otelai_anomalies_total", {"signal": "traces", "severity": "critical"}) == 2
+    )
+
+
+def test_the_shared_window_carries_batches_in_its_halves_and_what_does_not_fit_goes_inline() -> None:
+    window = SharedWindow(200)
+    twin = SharedWindow(200, fd=os.dup(window.fd))  # the worker's mapping of the same memory
+    try:
+        first = [
+            Payload(Signal.TRACES, b"a" * 60, 3, 11),
+            Payload(Signal.TRACES, b"b" * 30, 2, 12),
+            Payload(Signal.LOGS, b"c" * 40, 1, 13),  # beyond this half: inline
+        ]
+        second = [Payload(Signal.TRACES, b"d" * 100, 4, 14)]  # the whole other half
+        wired_first = window.put(first, half=0)
+        wired_second = window.put(second, half=1)  # the first batch is not read yet
+        assert [entry[1] is None for entry in wired_first] == [True, True, False]
+        assert [entry[1] is None for entry in wired_second] == [True]
+        assert twin.take(wired_first) == first
+        assert twin.take(wired_second) == second
+    finally:
+        twin.close()
+        window.close()
+
+
+class _Alerts:
+    def __init__(self) -> None:
+        self.alerts: list[Alert] = []
+
+    def submit(self, alerts: list[Alert]) -> int:
+        self.alerts.extend(alerts)
+        return len(alerts)
+
+
+def _batches(seed: int, count: int) -> list[list[Payload]]:
+    workload = Workload(seed, error_rates={"frontend/GET /checkout": 0.25})
+    groups = [workload.traces(20) for _ in range(count)]
+    # A latency outlier and a new error type in some batches, so that there are anomalies,
+    # critical traces, alerts and recalled spans to compare.
+    groups[count // 2].append(workload.trace(slow="cart/HGET"))
+    groups[count // 2 + 5].append(workload.trace(new_error="cart/CartService/GetCart"))
+    out = []
+    for requests in interleave(groups, np.random.default_rng(seed)):
+        out.append([Payload(Signal.TRACES, r.SerializeToString(), span_count([r])) for r in requests])
+    return out
+
+
+async def test_the_worker_decides_as_the_processor_in_this_process_does() -> None:
+    config = make_config()
+    batches = _batches(3, 60)
+    # In this process, built as the worker builds its own, learning after each batch.
+    registry = CollectorRegistry()
+    alerts = _Alerts()
+    local = build_processors(
+        config,
+        Metrics(registry),
+        alerter=alerts,  # type: ignore[arg-type]
+        mitigation=None,
+        bundle=load_configured_bundle(config.scoring.model),
+        summaries=summaries_of(config),
+    )[Signal.TRACES]
+    expected = []
+    for batch in batches:
+        expected.append([p.data for p in local.process(batch)])
+        local.settle()
+    expected_summaries = [p.data for p in local.tick(time.time_ns())]
+    local.close()
+
+    remote_registry = CollectorRegistry()
+    remote_alerts = _Alerts()
+    worker = WorkerProcess(config, Metrics(remote_registry), remote_alerts, None)
+    await worker.start()
+    try:
+        processor = RemoteProcessor(Signal.TRACES, worker)
+        got = [[p.data for p in await processor.process_async(batch)] for batch in batches]
+        summaries = [p.data for p in await processor.tick_async(time.time_ns())]
+    finally:
+        await worker.stop()
+    assert got == expected  # the same spans, tags and trace states, byte for byte
+    assert sum(map(len, got)) > 0
+    assert [len(s) for s in summaries] == [len(s) for s in expected_summaries]  # timestamps differ
+    for decision in ("dropped", "sampled", "anomaly", "critical_context"):
+        labels = {"signal": "traces", "decision": decision}
+        assert remote_registry.get_sample_value("otelai_selection_items_total", labels) == (
+            registry.get_sample_value("otelai_selection_items_total", labels)
+        ), decision
+    assert [a.trace_id for a in remote_alerts.alerts] == [a.trace_id for a in alerts.alerts]
+    assert remote_alerts.alerts
+
+
+def _tagged_fail_open(payload: Payload) -> bool:
+    request = ExportTraceServiceRequest.FromString(payload.data)
+    spans = [span for rs in request.resource_spans for ss in rs.scope_spans for span in ss.spans]
+    return bool(spans) and all(
+        any(kv.key == SELECTION_REASON and kv.value.string_value == "fail_open" for kv in span.attributes)
+        for span in spans
+    )
+
+
+async def test_a_dead_worker_fails_batches_open_and_is_started_again() -> None:
+    config = load_config(text="scoring: {signals: [traces, logs], model: {enabled: false}}")
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    box = Box(slots=10_000)
+    scoring = Scoring(config, Pipeline([box], metrics), metrics, worker_process=True)
+    await scoring.start()
+    stage = scoring.stages[Signal.TRACES]
+    requests = [r.SerializeToString() for r in per_service(Workload(1).traces(1))]
+
+    async def send() -> list[Payload]:
+        """One trace through the stage (the receiver's call); what it forwarded."""
+        box.items.clear()
+        results = await asyncio.gather(*(stage.submit(Payload(Signal.TRACES, r, 2)) for r in requests))
+        assert set(results) == {Admission.ACCEPTED}
+        return list(box.items)
+
+    try:
+        worker = scoring.worker
+        assert worker is not None and worker.alive
+        assert all(not _tagged_fail_open(p) for p in await send())
+        pid = worker._process.pid  # type: ignore[union-attr]
+        os.kill(pid, signal.SIGKILL)
+        out = await send()
+        assert sum(p.items for p in out) == 6  # nothing lost
+        assert all(_tagged_fail_open(p) for p in out)
+        failed = registry.get_sample_value(
+            "otelai_fail_open_items_total", {"signal": "traces", "reason": "error"}
+        )
+        assert failed is not None and failed >= 6
+        # While it starts again, batches fail open at once; then scoring resumes.
+        deadline = time.monotonic() + 120
+        while not worker.alive:
+            assert time.monotonic() < deadline, "the worker did not come back"
+            assert all(_tagged_fail_open(p) for p in await send())
+            await asyncio.sleep(0.2)
+        assert worker._process is not None and worker._process.pid != pid
+        assert all(not _tagged_fail_open(p) for p in await send())
+    finally:
+        await scoring.stop()
+    assert scoring.worker is not None and scoring.worker._process is None  # reaped
+
+
+async def test_a_worker_that_cannot_build_its_processors_says_why(tmp_path: Any) -> None:
+    # A bundle directory without a manifest: the worker's message names the problem.
+    config = load_config(text=f"scoring: {{signals: [traces], model: {{path: '{tmp_path}'}}}}")
+    worker = WorkerProcess(config, Metrics(CollectorRegistry()), RecordedActions(), None)
+    with pytest.raises(RuntimeError, match=r"could not start: .*manifest"):
+        await worker.start()
+    assert not worker.alive
