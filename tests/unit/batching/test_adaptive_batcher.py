@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -447,7 +448,7 @@ def test_handed_on_batches_keep_the_worker_busy_and_the_model_learns_its_cost() 
     assert worker.most_out == 2  # never more than the depth out at once
     late = [span for span in worker.spans if span[0] > 0.5]
     # Under overload the worker never waits for the next batch: each starts as the last ends.
-    gaps = [later[0] - earlier[1] for earlier, later in zip(late, late[1:], strict=False)]
+    gaps = [later[0] - earlier[1] for earlier, later in itertools.pairwise(late)]
     assert max(gaps) == pytest.approx(0.0, abs=1e-9)
     # The model prices a batch at its time in the worker, not at the moment it took to hand on.
     model = batcher.controller.model
