@@ -353,9 +353,9 @@ def _ratio(results: dict[str, dict[str, Any]], top: str, bottom: str, key: str) 
     return round(value, 3)
 
 
-def _scored_ratio(results: dict[str, dict[str, Any]]) -> float | None:
+def _scored_ratio(results: dict[str, dict[str, Any]], hop: str = "otelai-scoring") -> float | None:
     try:
-        scored = results["otelai-scoring"]["throughput"]["scored_spans_per_s"]
+        scored = results[hop]["throughput"]["scored_spans_per_s"]
         value: float = scored / results["otelai"]["throughput"]["spans_per_s_ack"]
     except (KeyError, TypeError, ZeroDivisionError):
         return None
@@ -472,6 +472,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # What the goal means: spans scored, not those forwarded unscored (fail open) because
         # the saturated hop fell behind its latency target.
         "otelai_scoring_scored_over_otelai_spans_per_s_ack": _scored_ratio(results),
+        # The same with scoring in the worker process (scoring.worker_process: true).
+        "otelai_scoring_worker_scored_over_otelai_spans_per_s_ack": _scored_ratio(
+            results, "otelai-scoring-worker"
+        ),
     }
     report["notes"] = [
         "spans_per_s_sink (arrived at the sink inside the window) is the truth; ack counts what the hop accepted.",

@@ -5,16 +5,19 @@ both halves of the work: receiving, checking and forwarding requests (gRPC, asyn
 scoring them (features, models, selection, learning). With ``scoring.worker_process`` the
 processors of every scored signal live in one child process instead (one, so that they still
 share the summaries and the critical-trace set, as they do in one process), and the stages
-hand each batch over a socket pair:
+hand each batch over a socket pair, the requests' bytes through shared memory
+(:class:`SharedWindow`):
 
 ```
-event loop (this process)                       worker process (spawned)
-  receive, check  --batch: request bytes-->       process(): decode, score, select, tag
+event loop (this process)                       worker process (python -m otelai.scoring.worker)
+  receive, check  --batch (shared memory)-->      process(): decode, score, select, tag
   forward         <--kept payloads, counts--      reply, then settle(): learn from it
 ```
 
-The worker learns from a batch after replying, while this process is already receiving the
-next one. Nothing that only this process owns is reached from the worker: its counter
+Up to :data:`DEPTH` batches are in the worker at once (the batcher hands them on,
+:mod:`otelai.batching.adaptive`): the next one waits in the socket while the worker scores
+one, so it never idles waiting for this process to answer and send. The worker learns from a
+batch after replying, while this process forwards it. Nothing that only this process owns is reached from the worker: its counter
 updates, alerts and mitigation triggers are recorded there (:class:`RecordingMetrics`,
 :class:`RecordedActions`) and carried back with each reply, then applied here, so
 ``/metrics`` and the local actions stay exactly as with in-process scoring.
