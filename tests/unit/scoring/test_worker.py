@@ -209,3 +209,40 @@ async def test_a_worker_that_cannot_build_its_processors_says_why(tmp_path: Any)
     with pytest.raises(RuntimeError, match=r"could not start: .*manifest"):
         await worker.start()
     assert not worker.alive
+
+
+async def test_logs_and_metrics_are_scored_in_the_worker_too() -> None:
+    from .test_log_processor import Traffic as LogTraffic
+    from .test_metric_processor import Traffic as MetricTraffic
+
+    config = load_config(text="scoring: {signals: [traces, logs, metrics], model: {enabled: false}}")
+    registry = CollectorRegistry()
+    worker = WorkerProcess(config, Metrics(registry), RecordedActions(), None)
+    await worker.start()
+    try:
+        logs, points = LogTraffic(), MetricTraffic()
+        sent_records = sent_points = 0
+        metric_out: list[Payload] = []
+        for _ in range(20):
+            batch = logs.batch(records=100)
+            sent_records += sum(p.items for p in batch)
+            await RemoteProcessor(Signal.LOGS, worker).process_async(batch)
+            batch = points.batch()
+            sent_points += sum(p.items for p in batch)
+            metric_out = await RemoteProcessor(Signal.METRICS, worker).process_async(batch)
+    finally:
+        await worker.stop()
+
+    def decided(signal: str) -> float:
+        return sum(
+            s.value
+            for family in registry.collect()
+            if family.name == "otelai_selection_items"
+            for s in family.samples
+            if s.name.endswith("_total") and s.labels["signal"] == signal
+        )
+
+    assert decided("logs") == sent_records  # every record decided on, counted here
+    assert decided("metrics") == sent_points
+    # Metric points are never dropped or relabelled: the last batch's requests come back whole.
+    assert [p.data for p in metric_out[: len(batch)]] == [p.data for p in batch]
