@@ -145,6 +145,12 @@ class EwBaseline:
     def __len__(self) -> int:
         return int(self._state.keys.size)
 
+    @property
+    def state(self) -> BaselineState:
+        """The state itself, not a copy: for compiled readers of a whole batch (the span
+        feature kernel), which must not write to it (:meth:`snapshot` for a copy)."""
+        return self._state
+
     def snapshot(self) -> BaselineState:
         """A copy of the state."""
         return _copy(self._state)

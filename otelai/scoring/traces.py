@@ -52,7 +52,13 @@ from otelai.features.interner import Interner
 from otelai.features.otlp_layout import SpanState
 from otelai.features.span_batch import SpanBatch
 from otelai.features.span_decoder import prepare_decoder
-from otelai.features.spans import SPAN_SCHEMA, SpanBaselines, span_features, update_span_baselines
+from otelai.features.spans import (
+    SPAN_SCHEMA,
+    SpanBaselines,
+    span_feature_kernels,
+    span_features,
+    update_span_baselines,
+)
 from otelai.models.bundle import Bundle, SignalModel
 from otelai.pipeline import Payload
 from otelai.scoring.detection import default_scorer
@@ -118,6 +124,7 @@ class TraceProcessor:
         self.span_decoder = prepare_decoder()
         baseline_warm_up()
         assembly_kernels()
+        span_feature_kernels()
         self.baselines = SpanBaselines.create()
         self.scorer = default_scorer(
             SPAN_SCHEMA, SURPRISE_COLUMNS, scoring, on_fallback=on_fallback, bundle=bundle, signal="traces"
