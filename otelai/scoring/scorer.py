@@ -123,7 +123,9 @@ class Scorer:
                 raw = detector.score_keyed(features, keys)
             # Against the window as it was before this batch, then learn it: a burst of
             # identical anomalies in one batch must not calibrate itself into normal.
-            calibrated[i] = np.nan_to_num(self._calibrators[i].transform(raw), nan=0.0)
+            row = calibrated[i]
+            row[:] = self._calibrators[i].transform(raw)
+            row[np.isnan(row)] = 0.0  # a detector that could not score an item has no say on it
             if calibrate:
                 self._calibrators[i].update(raw)
             else:
