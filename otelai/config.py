@@ -342,8 +342,9 @@ class Scoring(_Model):
     # GIL stretches each batch; may help where the models release the GIL for long, e.g. GPUs).
     worker_thread: bool = False
     # Score in a worker process (otelai.scoring.worker): the event loop receives and forwards
-    # on one core while the models run on another. Takes precedence over worker_thread.
-    worker_process: bool = False
+    # on one core while the models run on another. "auto": when the process may use two cores
+    # or more (CPU affinity and the cgroup's CPU quota). Takes precedence over worker_thread.
+    worker_process: bool | Literal["auto"] = "auto"
     # The version tagged on items when no bundle is loaded (a bundle names its own).
     model_version: str = "builtin-0"
 

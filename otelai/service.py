@@ -23,6 +23,7 @@ from otelai.pipeline import Pipeline
 from otelai.receiver.grpc import GrpcReceiver
 from otelai.receiver.http import HttpReceiver
 from otelai.scoring.build import Scoring
+from otelai.scoring.worker import use_worker
 from otelai.telemetry.metrics import Metrics
 from otelai.telemetry.server import TelemetryServer
 
@@ -79,7 +80,7 @@ class Service:
                 self.pipeline,
                 self.metrics,
                 worker_thread=cfg.scoring.worker_thread,
-                worker_process=cfg.scoring.worker_process,
+                worker_process=use_worker(cfg.scoring.worker_process),
             )
             await self.scoring.start()
         protocols = cfg.receivers.otlp.protocols

@@ -80,6 +80,37 @@ class WorkerUnavailable(RuntimeError):
     """The worker process is not there (starting again, or stopped): fail the batch open."""
 
 
+def usable_cpus() -> float:
+    """The CPUs this process may use: its affinity mask, capped by the cgroup's CPU quota (a
+    container's CPU limit, cgroup v2 ``cpu.max`` or v1 ``cpu.cfs_quota_us``), as Go's
+    automaxprocs reads them."""
+    cpus = float(len(os.sched_getaffinity(0)))
+    for quota_file, period_file in (
+        ("/sys/fs/cgroup/cpu.max", None),
+        ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us"),
+    ):
+        try:
+            with open(quota_file) as handle:
+                fields = handle.read().split()
+            if period_file is not None:
+                with open(period_file) as handle:
+                    fields.append(handle.read().strip())
+        except OSError:
+            continue
+        if len(fields) == 2 and fields[0] not in ("max", "-1"):
+            cpus = min(cpus, int(fields[0]) / int(fields[1]))
+        break
+    return cpus
+
+
+def use_worker(setting: bool | str) -> bool:
+    """Whether ``scoring.worker_process`` asks for the worker: ``"auto"`` when two cores or
+    more are usable (on one, the two processes would only take turns, and pay for the hand-off)."""
+    if setting == "auto":
+        return usable_cpus() >= 2
+    return bool(setting)
+
+
 # -- what the worker records for the service process ----------------------------------------
 
 

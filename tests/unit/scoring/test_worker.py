@@ -13,7 +13,7 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from prometheus_client import CollectorRegistry
 
-from otelai.config import load_config
+from otelai.config import ConfigError, load_config
 from otelai.decision.actions import Alert
 from otelai.decision.tagging import SELECTION_REASON
 from otelai.models.serving import load_configured_bundle
@@ -26,6 +26,8 @@ from otelai.scoring.worker import (
     SharedWindow,
     WorkerProcess,
     apply_metric_ops,
+    usable_cpus,
+    use_worker,
 )
 from otelai.signals import Signal
 from otelai.telemetry.metrics import Metrics
@@ -246,3 +248,13 @@ async def test_logs_and_metrics_are_scored_in_the_worker_too() -> None:
     assert decided("metrics") == sent_points
     # Metric points are never dropped or relabelled: the last batch's requests come back whole.
     assert [p.data for p in metric_out[: len(batch)]] == [p.data for p in batch]
+
+
+def test_auto_asks_for_the_worker_when_two_cores_are_usable() -> None:
+    cpus = usable_cpus()
+    assert 0 < cpus <= len(os.sched_getaffinity(0))
+    assert use_worker("auto") is (cpus >= 2)
+    assert use_worker(True) is True and use_worker(False) is False
+    assert load_config(text="scoring: {worker_process: auto}").scoring.worker_process == "auto"
+    with pytest.raises(ConfigError, match="worker_process"):
+        load_config(text="scoring: {worker_process: sometimes}")
