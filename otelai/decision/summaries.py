@@ -42,6 +42,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -53,6 +54,7 @@ from opentelemetry.proto.resource.v1 import resource_pb2
 
 from otelai import __version__
 from otelai.decision import exponential_buckets
+from otelai.kernels import load_kernels
 from otelai.signals import Signal, count_items
 
 # opentelemetry-sdk's _DEFAULT_EXPLICIT_BUCKET_HISTOGRAM_AGGREGATION_BOUNDARIES (milliseconds).
@@ -80,6 +82,9 @@ SCOPE_NAME = "otelai.decision.summaries"
 SPAN_NAME = "span.name"
 TEMPLATE = "otelai.log.template"
 _DELTA = metrics_pb2.AGGREGATION_TEMPORALITY_DELTA
+# "numpy" keeps the numpy counting even where numba is installed (tests compare the two).
+KERNEL_ENV = "OTELAI_SUMMARIES_KERNEL"
+_NO_BUCKETS = np.zeros(0, dtype=np.int64)  # the kernel finds explicit buckets itself
 
 
 class SeriesTable:
@@ -195,6 +200,7 @@ class DroppedSummaries:
         # None is the overflow series. Kept across intervals.
         self._owed: dict[tuple[str, str] | None, _Owed] = {}
         self._reset()
+        _compiled()  # load the kernel at start-up, not on the first batch
 
     def _reset(self) -> None:
         self.spans = SeriesTable(max_series=self.max_series)
@@ -236,6 +242,10 @@ class DroppedSummaries:
         dropped
             Which spans selection dropped; only these are counted.
         """
+        kernel = _compiled()
+        if kernel is not None:
+            self._add_spans_compiled(kernel, series, durations_ns, is_error, dropped)
+            return
         ids = self.spans.valid(series[dropped])
         if ids.size == 0:
             return
@@ -253,6 +263,37 @@ class DroppedSummaries:
         np.minimum.at(self.duration_min, ids, millis)
         np.maximum.at(self.duration_max, ids, millis)
         if self._owed:
+            self._settle()
+
+    def _add_spans_compiled(
+        self,
+        kernel: Any,
+        series: npt.NDArray[np.int64],
+        durations_ns: npt.NDArray[np.integer],
+        is_error: npt.NDArray[np.bool_],
+        dropped: npt.NDArray[np.bool_],
+    ) -> None:
+        """:meth:`add_spans` in one pass of the compiled kernel (same counts, same sums)."""
+        durations = np.ascontiguousarray(durations_ns).astype(np.int64, copy=False)
+        buckets = _NO_BUCKETS
+        if self.exponential_max_size:  # numpy's log2, as the numpy path computes the slots
+            buckets = self._buckets(np.maximum(durations[dropped], 0) / 1e6)
+        counted = kernel.add_spans(
+            np.ascontiguousarray(series, dtype=np.int64),
+            durations,
+            np.ascontiguousarray(is_error, dtype=np.bool_),
+            np.ascontiguousarray(dropped, dtype=np.bool_),
+            self.boundaries_ms,
+            buckets,
+            len(self.spans),
+            self.span_counts,
+            self.error_counts,
+            self.bucket_counts,
+            self.duration_sum,
+            self.duration_min,
+            self.duration_max,
+        )
+        if counted and self._owed:
             self._settle()
 
     def forget_spans(
@@ -432,6 +473,12 @@ class DroppedSummaries:
         return resource_metrics.scope_metrics.add(
             scope=common_pb2.InstrumentationScope(name=SCOPE_NAME, version=__version__)
         )
+
+
+@cache
+def _compiled() -> Any:
+    """The compiled counting kernel, or None (numba missing or ``OTELAI_SUMMARIES_KERNEL=numpy``)."""
+    return load_kernels("otelai.decision.summaries_numba", KERNEL_ENV, "summaries count with numpy")
 
 
 _METRICS: dict[str, tuple[str, str, str]] = {

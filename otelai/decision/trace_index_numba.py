@@ -79,6 +79,22 @@ def _find(table: I64, bits: int, key: int) -> int:
 
 
 @_jit
+def _touch(table: I64, bits: int, keys: I64, first: int, stop: int) -> None:
+    """Load the home slot of each of ``keys[first:stop]``, ahead of the probes that need them.
+
+    A window's table is megabytes: nearly every probe of a fresh key misses the caches. The
+    probes, one per key with a branch on what each finds, wait for their misses one by one;
+    these loads depend on nothing, so the processor overlaps a dozen of them, and the probes
+    then find their slots cached (about twice as fast for a request of fresh trace ids).
+    """
+    touched = 0
+    for n in range(first, stop):
+        touched += table[_home(keys[n], bits), USED]
+    if touched < 0:  # never (counts and flags): keeps the loads, which are otherwise unused
+        raise ValueError("negative trace index counts")
+
+
+@_jit
 def _remove(table: I64, bits: int, slot: int) -> None:
     """Empty ``slot``, moving later keys of its probe run back so every key stays reachable.
 
@@ -137,6 +153,7 @@ def buffer_add(
     """
     mask = table.shape[0] - 1
     added = 0
+    _touch(table, bits, keys, first, keys.size)
     for n in range(first, keys.size):
         key = keys[n]
         i = _home(key, bits)
@@ -176,6 +193,7 @@ def buffer_evict(
     the next pair; a key with no spans left leaves the table.
     """
     removed = 0
+    _touch(table, bits, pair_key, start - base, end - base)
     for pair in range(start, end):
         row = pair - base
         i = _find(table, bits, pair_key[row])

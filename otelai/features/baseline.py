@@ -141,6 +141,10 @@ class EwBaseline:
         self._table = np.zeros(0)  # lam ** m for the compiled merge
         self._global_table = np.zeros(0)  # the same for the global baseline's half-life
         self._scratch = np.zeros(0, dtype=np.int32)  # the compiled merge's per-row scratch
+        # The compiled merge's row of each key (baseline_numba.find_rows), for the key array
+        # it was made for: made again only when the keys change (a new key, an eviction).
+        self._dense = _NO_ROWS
+        self._dense_for = _NO_KEYS
 
     def __len__(self) -> int:
         return int(self._state.keys.size)
@@ -244,6 +248,10 @@ class EwBaseline:
         ``now`` is the time in seconds (any fixed origin), used only with
         ``half_life_seconds``. Non-finite values are ignored.
         """
+        kernel = _compiled()
+        if kernel is not None and self.half_life_seconds is None:
+            self._update_compiled(kernel, keys, values, now)
+            return
         keys_ = np.asarray(keys, dtype=np.int64)
         values_ = np.asarray(values, dtype=np.float64)
         usable = np.isfinite(values_)
@@ -256,6 +264,62 @@ class EwBaseline:
         global_stats = self._merge_global(values_, now)
         stored = keys_ >= 0
         state = self._merge_keys(state, keys_[stored], values_[stored], tick, now)
+        self._state = BaselineState(
+            keys=state.keys,
+            weight=state.weight,
+            mean=state.mean,
+            m2=state.m2,
+            count=state.count,
+            last_tick=state.last_tick,
+            last_time=state.last_time,
+            global_stats=global_stats,
+            tick=tick,
+        )
+
+    def _update_compiled(self, kernel: Any, keys: IntArray, values: FloatArray, now: float) -> None:
+        """:meth:`update` in one call of the compiled kernel (count decay only; same results).
+
+        The numpy steps around the merge (filters, the keys' binary search, the global
+        baseline's scalar merge: a dozen calls on the batch's arrays) cost as much as the
+        merge at a few hundred values a batch; the kernel does them in the same pass.
+        """
+        keys_ = np.ascontiguousarray(keys, dtype=np.int64)
+        values_ = np.ascontiguousarray(values, dtype=np.float64)
+        if keys_.shape != values_.shape or keys_.ndim != 1:
+            raise ValueError(f"{keys_.shape} keys for {values_.shape} values")
+        n = keys_.size
+        # Tables of lam ** m for the batch (an entry is the same however long its table is).
+        if self._table.size <= n:
+            self._table = _powers(max(2 * n, 1024), self.half_life)
+        if self._global_table.size <= n:
+            self._global_table = _powers(max(2 * n, 1024), self.global_half_life)
+        state = self._state
+        tick = state.tick + 1
+        global_stats = np.empty(5)
+        clip = -1.0 if self.clip is None else float(self.clip)
+        for attempt in range(2):
+            if self._scratch.size != state.keys.size:
+                self._scratch = np.full(state.keys.size, -1, dtype=np.int32)
+            if self._dense_for is not state.keys:  # new keys or evicted ones: a new map
+                self._dense, self._dense_for = _dense_rows(state.keys), state.keys
+            usable, items, missing = kernel.update(
+                state.keys, self._dense, state.weight, state.mean, state.m2, state.count,
+                state.last_tick, state.last_time, self._scratch, keys_, values_, self._table,
+                self._global_table, state.global_stats, global_stats, clip, self.min_count, tick,
+                float(now),
+            )  # fmt: skip
+            if not missing:
+                break
+            if attempt:  # the rows were just added
+                raise RuntimeError("baseline keys without a row after they were added")
+            # Rows for the missing keys (of finite values only, as the numpy path adds them).
+            stored = keys_[np.isfinite(values_) & (keys_ >= 0)]
+            _, found = self._slots(stored)
+            state = _with_keys(state, np.unique(stored[~found]))
+        if not usable:  # as the numpy path: no finite value, no tick
+            return
+        if items:  # as _merge_keys: eviction follows a merge of stored keys
+            state = self._evict(state)
         self._state = BaselineState(
             keys=state.keys,
             weight=state.weight,
@@ -316,9 +380,6 @@ class EwBaseline:
     ) -> BaselineState:
         if keys.size == 0:
             return state
-        kernel = _compiled()
-        if kernel is not None and self.half_life_seconds is None:
-            return self._evict(self._merge_compiled(kernel, state, keys, values, tick, now))
         runs = _Runs.of(keys)
         # Items are taken in key order (stable: arrival order within a key), so every per-key
         # sum below adds the same terms in the same order as one in arrival order would.
@@ -355,26 +416,6 @@ class EwBaseline:
         state.last_time[slot] = now
         return self._evict(state)
 
-    def _merge_compiled(
-        self, kernel: Any, state: BaselineState, keys: I64, values: F64, tick: int, now: float
-    ) -> BaselineState:
-        """:meth:`_merge_keys` by the compiled kernel (count decay only; same results)."""
-        if self._table.size <= keys.size:
-            self._table = _powers(max(2 * keys.size, 1024), self.half_life)
-        clip = -1.0 if self.clip is None else float(self.clip)
-        for attempt in range(2):
-            if self._scratch.size != state.keys.size:
-                self._scratch = np.full(state.keys.size, -1, dtype=np.int32)
-            missing = kernel.merge_keys(
-                state.keys, state.weight, state.mean, state.m2, state.count, state.last_tick,
-                state.last_time, self._scratch, keys, values, self._table, clip, self.min_count, tick, now,
-            )  # fmt: skip
-            if not missing or attempt:
-                break
-            _, found = self._slots(keys)
-            state = _with_keys(state, np.unique(keys[~found]))
-        return state
-
     def _evict(self, state: BaselineState) -> BaselineState:
         if state.keys.size <= self.max_keys:
             return state
@@ -389,6 +430,24 @@ class EwBaseline:
 def _compiled() -> Any:
     """The compiled merge module, or None (numba missing or ``OTELAI_BASELINE_MERGE=numpy``)."""
     return load_kernels("otelai.features.baseline_numba", MERGE_ENV, "baselines merge with numpy")
+
+
+_NO_KEYS = np.zeros(0, dtype=np.int64)
+_NO_ROWS = np.zeros(0, dtype=np.int32)  # no map: the kernel binary-searches the keys
+DENSE_SLACK = 4096  # keys a map may span beyond four per stored key
+
+
+def _dense_rows(keys: I64) -> NDArray[np.int32]:
+    """The row of every key from 0 to the largest of ``keys`` (sorted, none negative), -1
+    for those not there: a key's row in one read (:func:`baseline_numba.find_rows`). Only for
+    keys dense enough that the map stays within a few times the state's size (operation and
+    template ids, which an interner hands out from 0); others get no map and are
+    binary-searched."""
+    if not keys.size or int(keys[-1]) >= 4 * keys.size + DENSE_SLACK:
+        return _NO_ROWS
+    rows = np.full(int(keys[-1]) + 1, -1, dtype=np.int32)
+    rows[keys] = np.arange(keys.size, dtype=np.int32)
+    return rows
 
 
 def _powers(size: int, half_life: float | None) -> F64:

@@ -59,6 +59,7 @@ from otelai.features.spans import (
     span_features,
     update_span_baselines,
 )
+from otelai.kernels import load_kernels
 from otelai.models.bundle import Bundle, SignalModel
 from otelai.pipeline import Payload
 from otelai.scoring.detection import default_scorer
@@ -72,6 +73,8 @@ DROPPED, SAMPLED, CRITICAL_CONTEXT, ANOMALY = 0, 1, 2, 3
 REASONS = ("dropped", "sampled", "critical_context", "anomaly")
 SURPRISE_COLUMNS = ("latency_z", "error_surprise")
 MAX_ALERTS_PER_BATCH = 100
+# "numpy" keeps the numpy bookkeeping of the learning step (tests compare the two).
+LEARNING_KERNEL_ENV = "OTELAI_TRACE_LEARNING_KERNEL"
 _FAIL_OPEN_TAG = field(SPAN_ATTRIBUTES, string_attribute(SELECTION_REASON, "fail_open"))
 
 
@@ -109,6 +112,7 @@ class TraceProcessor:
     ) -> None:
         selection, scoring = config.selection, config.scoring
         self._metrics = metrics
+        self._children = _Children(metrics)
         self._summaries = summaries
         self._flush_summaries = flush_summaries
         self._alerter = alerter
@@ -125,6 +129,7 @@ class TraceProcessor:
         baseline_warm_up()
         assembly_kernels()
         span_feature_kernels()
+        _learning_kernels()
         self.baselines = SpanBaselines.create()
         self.scorer = default_scorer(
             SPAN_SCHEMA, SURPRISE_COLUMNS, scoring, on_fallback=on_fallback, bundle=bundle, signal="traces"
@@ -230,49 +235,58 @@ class TraceProcessor:
         """Everything a decided batch teaches, in the order the decisions assumed."""
         update_span_baselines(batch, self.baselines, now=stamp)
         self.scorer.calibrate(scored)
+        counts, normal = _tally(code, severity)
         self._remember(datas, batch, keys, code != DROPPED)
-        self.scorer.learn(features[severity == Severity.NORMAL])
-        self._count(batch, severity, code, recalled)
+        self.scorer.learn(features.take(normal, axis=0))  # the rows of severity normal
+        self._count(batch, counts, code, recalled)
 
     def _remember(self, datas: list[bytes], batch: SpanBatch, keys: Any, kept: Any) -> None:
         if self.buffer.wait <= 0:
             return
-        bounds = np.searchsorted(batch.request, np.arange(len(datas) + 1))
+        # The index columns as int64 once a batch, not once a request: each request keeps a
+        # view of its rows, as it does of its keys and byte offsets (same values, same bytes).
+        resource, scope, index = (
+            column.astype(np.int64) for column in (batch.resource, batch.scope, batch.index)
+        )
+        if len(datas) == 1:  # every row is the one request's
+            bounds = [0, len(batch)]
+        else:
+            bounds = np.searchsorted(batch.request, np.arange(len(datas) + 1)).tolist()
         for r, data in enumerate(datas):
-            rows = slice(bounds[r], bounds[r + 1])
             if bounds[r] == bounds[r + 1]:
                 continue
+            rows = slice(bounds[r], bounds[r + 1])
             self.buffer.add(
                 data,
                 keys[rows],
                 batch.span_start[rows],
                 batch.span_end[rows],
-                batch.resource[rows].astype(np.int64),
-                batch.scope[rows].astype(np.int64),
-                batch.index[rows].astype(np.int64),
+                resource[rows],
+                scope[rows],
+                index[rows],
                 kept[rows],
             )
 
-    def _count(self, batch: SpanBatch, severity: Any, code: Any, recalled: list[Recalled]) -> None:
-        metrics = self._metrics
-        counts = np.bincount(code, minlength=len(REASONS))
-        for i, reason in enumerate(REASONS):
+    def _count(self, batch: SpanBatch, counts: list[int], code: Any, recalled: list[Recalled]) -> None:
+        """Counters and summaries of a batch; ``counts``: :func:`_tally`'s spans of each
+        selection code, then of each severity level."""
+        children = self._children
+        for i in range(len(REASONS)):
             if counts[i]:
-                metrics.selection_items.labels("traces", reason).inc(int(counts[i]))
+                children.selection(i).inc(counts[i])
         # Recalled spans were counted "dropped" when they passed (a counter cannot take that
         # back): over time, the decisions add up to the spans received plus those recalled.
         extra = sum(len(r.start) for r in recalled)
         if extra:
-            metrics.selection_items.labels("traces", "critical_context").inc(extra)
-        for level in (Severity.ANOMALY, Severity.CRITICAL):
-            count = int(np.count_nonzero(severity == level))
+            children.selection(CRITICAL_CONTEXT).inc(extra)
+        for level in _ANOMALOUS:
+            count = counts[len(REASONS) + level]
             if count:
-                metrics.anomalies.labels("traces", level.tag).inc(count)
+                children.anomalies(level).inc(count)
         if self._summaries is not None:
-            dropped = code == DROPPED
-            if dropped.any():
+            if counts[DROPPED]:
                 series = self._series(batch.operation_id)
-                self._summaries.add_spans(series, batch.duration_ns, batch.status_code == 2, dropped)
+                self._summaries.add_spans(series, batch.duration_ns, batch.status_code == 2, code == DROPPED)
             if recalled:
                 self._forget(recalled)
 
@@ -295,8 +309,14 @@ class TraceProcessor:
         if self._summaries.interval_start_ns != self._summary_interval:
             self._summary_series = np.zeros(0, dtype=np.int64)
             self._summary_interval = self._summaries.interval_start_ns
-        slots = np.asarray(operation_ids, dtype=np.int64) + 1  # OVERFLOW (-1) takes slot 0
         table = self._summary_series
+        kernels = _learning_kernels()
+        if kernels is not None and table.size and operation_ids.dtype == np.int32:
+            # Every operation known (all but the first batches of an interval): one pass.
+            known = np.empty(operation_ids.size, dtype=np.int64)
+            if not kernels.series_of(table, np.ascontiguousarray(operation_ids), known):
+                return known
+        slots = np.asarray(operation_ids, dtype=np.int64) + 1  # OVERFLOW (-1) takes slot 0
         known = table.take(np.minimum(slots, table.size - 1)) if table.size else np.full(slots.size, -1)
         missing = (known < 0) | (slots >= table.size)
         if missing.any():
@@ -430,6 +450,60 @@ class TraceProcessor:
 
 _NORMAL = int(Severity.NORMAL)
 _SEVERITY_TAGS = {int(level): level.tag for level in Severity}
+_ANOMALOUS = (int(Severity.ANOMALY), int(Severity.CRITICAL))  # the levels counted in anomalies
+
+
+@cache
+def _learning_kernels() -> Any:
+    """The compiled bookkeeping of the learning step (:mod:`otelai.scoring.learning_numba`), or
+    None: numba missing, or ``OTELAI_TRACE_LEARNING_KERNEL`` set to ``numpy``. Loaded when the
+    processor is made, with the other kernels."""
+    return load_kernels(
+        "otelai.scoring.learning_numba", LEARNING_KERNEL_ENV, "trace learning counts with numpy"
+    )
+
+
+def _tally(code: NDArray[np.int8], severity: NDArray[np.int8]) -> tuple[list[int], NDArray[np.intp]]:
+    """Spans of each selection code, then of each severity level (a list of ints), and the
+    rows of severity normal, in order."""
+    kernels = _learning_kernels()
+    if kernels is not None and code.dtype == np.int8 and severity.dtype == np.int8:
+        counts, normal = kernels.tally(np.ascontiguousarray(code), np.ascontiguousarray(severity))
+        tallied: list[int] = counts.tolist()
+        return tallied, normal
+    codes = np.bincount(code, minlength=len(REASONS))
+    levels = np.bincount(severity, minlength=len(Severity))
+    return [*codes.tolist(), *levels.tolist()], np.flatnonzero(severity == _NORMAL)
+
+
+class _Children:
+    """The processor's counter children by label, each looked up once, when first counted.
+
+    prometheus_client's ``labels()`` returns the same child every time, for a few microseconds
+    a call; a child is made only when first counted, as the lookups did, so the registry shows
+    the same samples.
+    """
+
+    __slots__ = ("_anomalies", "_metrics", "_selection")
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self._selection: dict[int, Any] = {}
+        self._anomalies: dict[int, Any] = {}
+
+    def selection(self, code: int) -> Any:
+        """``otelai_selection_items{signal="traces", decision=REASONS[code]}``."""
+        child = self._selection.get(code)
+        if child is None:
+            child = self._selection[code] = self._metrics.selection_items.labels("traces", REASONS[code])
+        return child
+
+    def anomalies(self, level: int) -> Any:
+        """``otelai_anomalies{signal="traces", severity=...}`` of a severity level."""
+        child = self._anomalies.get(level)
+        if child is None:
+            child = self._anomalies[level] = self._metrics.anomalies.labels("traces", Severity(level).tag)
+        return child
 
 
 @cache

@@ -10,6 +10,7 @@ import pytest
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.metrics.v1 import metrics_pb2
 
+from otelai.decision import summaries as summaries_module
 from otelai.decision.summaries import DEFAULT_BOUNDARIES_MS, OVERFLOW, DroppedSummaries, SeriesTable
 
 DELTA = metrics_pb2.AGGREGATION_TEMPORALITY_DELTA
@@ -227,3 +228,42 @@ def test_exponential_histograms_count_exactly_without_bounds() -> None:
 def test_exponential_max_size_must_be_positive() -> None:
     with pytest.raises(ValueError):
         DroppedSummaries(exponential_max_size=1)
+
+
+@pytest.mark.parametrize("exponential", [None, 20], ids=["explicit", "exponential"])
+def test_compiled_counting_matches_numpy_bit_for_bit(exponential: int | None) -> None:
+    """The compiled :meth:`DroppedSummaries.add_spans` leaves the numpy path's counts, sums,
+    minima and maxima, through invalid and stale ids, wrapped unsigned durations, durations on
+    the bounds, spans taken back, flushes and the overflow series."""
+    pytest.importorskip("numba")
+    assert summaries_module._compiled() is not None
+
+    def stream() -> tuple[list[bytes], list[bytes]]:
+        rng = np.random.default_rng(11)
+        table = DroppedSummaries(start_ns=START, max_series=6, exponential_max_size=exponential)
+        pairs = [(f"svc{i % 3}", f"op{i}") for i in range(8)]  # more than fit: overflow
+        flushed, arrays = [], []
+        for step in range(30):
+            services, names, durations, errors, dropped = batch(rng, int(rng.integers(0, 300)), pairs)
+            ids = table.intern_spans(services, names)
+            if step % 4 == 1:  # ids of no series (stale, or never handed out)
+                ids[rng.random(ids.size) < 0.1] = rng.choice([-1, len(table.spans), 1000])
+            if step % 5 == 2:  # exactly on a bound, and unsigned ends before their starts
+                durations[: durations.size // 4] = 5_000_000
+                durations = durations.astype(np.uint64)
+            table.add_spans(ids, durations, errors, dropped)
+            if step % 6 == 3:
+                taken = rng.random(ids.size) < 0.05
+                table.forget_spans(ids[taken], durations[taken], errors[taken])
+            counts = (table.span_counts, table.error_counts, table.bucket_counts)
+            sums = (table.duration_sum, table.duration_min, table.duration_max)
+            arrays += [a.tobytes() for a in (*counts, *sums)]
+            if step % 7 == 6:
+                flushed.append(table.flush(END + step))
+        return flushed, arrays
+
+    compiled = stream()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(summaries_module, "_compiled", lambda: None)
+        reference = stream()
+    assert compiled == reference
