@@ -27,7 +27,7 @@ baseline, which every value updates.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from typing import Any
 
@@ -264,17 +264,7 @@ class EwBaseline:
         global_stats = self._merge_global(values_, now)
         stored = keys_ >= 0
         state = self._merge_keys(state, keys_[stored], values_[stored], tick, now)
-        self._state = BaselineState(
-            keys=state.keys,
-            weight=state.weight,
-            mean=state.mean,
-            m2=state.m2,
-            count=state.count,
-            last_tick=state.last_tick,
-            last_time=state.last_time,
-            global_stats=global_stats,
-            tick=tick,
-        )
+        self._state = replace(state, global_stats=global_stats, tick=tick)
 
     def _update_compiled(self, kernel: Any, keys: IntArray, values: FloatArray, now: float) -> None:
         """:meth:`update` in one call of the compiled kernel (count decay only; same results).
@@ -320,17 +310,7 @@ class EwBaseline:
             return
         if items:  # as _merge_keys: eviction follows a merge of stored keys
             state = self._evict(state)
-        self._state = BaselineState(
-            keys=state.keys,
-            weight=state.weight,
-            mean=state.mean,
-            m2=state.m2,
-            count=state.count,
-            last_tick=state.last_tick,
-            last_time=state.last_time,
-            global_stats=global_stats,
-            tick=tick,
-        )
+        self._state = replace(state, global_stats=global_stats, tick=tick)
 
     def _merge_global(self, values: F64, now: float) -> F64:
         kernel = _compiled()
