@@ -196,7 +196,7 @@ def assemble_both(
     args = (payloads, datas, batch, scored, severity, code, list(recalled or []))
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(traces, "assembly_kernels", kernels)
-        patch.setattr(traces, "_add_kept", _never)  # the compiled path must not fall back
+        patch.setattr(traces, "add_kept", _never)  # the compiled path must not fall back
         compiled = processor._assemble(*args)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(traces, "assembly_kernels", lambda: None)
