@@ -41,6 +41,7 @@ import logging
 import mmap
 import os
 import pickle
+import select
 import signal as signals
 import socket
 import struct
@@ -249,10 +250,12 @@ class SharedWindow:
     """Memory both processes map (a memfd), where a batch's requests go instead of through the
     socket: one copy in, one copy out, and no socket buffers to fill and drain in between.
 
-    Two batches may be in the worker at once, each in its half of the window; the worker
-    copies a batch's requests out when it receives it, and the service writes a half again
-    only after the batch that used it was answered. A request that does not fit goes through
-    the socket.
+    The window is a ring: each batch takes the next free stretch, and gives it back when its
+    reply comes (replies come in the order of the batches, so the oldest stretch is always the
+    one given back). Several batches may be out at once (each stage's batcher hands on up to
+    :data:`DEPTH`, and the stages of every signal share the worker); the worker copies a
+    batch's requests out when it receives it, before it replies. A batch that does not fit in
+    what is free goes through the socket.
     """
 
     def __init__(self, size: int, fd: int | None = None) -> None:
@@ -261,22 +264,58 @@ class SharedWindow:
         if fd is None:
             os.ftruncate(self.fd, size)
         self.map = mmap.mmap(self.fd, size)
+        self._used: collections.deque[tuple[int, int]] = collections.deque()  # (start, end), oldest first
+        self._head = 0  # where the next stretch starts
 
-    def put(self, payloads: Sequence[Payload], half: int = 0) -> list[_Wired]:
-        """Write ``payloads`` to half ``half`` (0 or 1) of the window; what does not fit there
-        is carried inline."""
+    def put(self, payloads: Sequence[Payload]) -> list[_Wired]:
+        """Write ``payloads`` to the next free stretch (taken until :meth:`release`); a batch
+        that does not fit is carried inline, and takes no stretch (an empty one is recorded,
+        so that releases stay in step with the batches)."""
+        total = sum(len(payload.data) for payload in payloads)
+        start = self._reserve(total)
+        if start is None:
+            self._used.append((0, 0))
+            return _wire(payloads)
         out: list[_Wired] = []
-        offset = half * (self.size // 2)
-        end = offset + self.size // 2
+        offset = start
         for payload in payloads:
-            data, length = payload.data, len(payload.data)
-            if offset + length <= end:
-                self.map[offset : offset + length] = data
-                out.append((payload.signal.value, None, offset, length, payload.items, payload.received_ns))
-                offset += length
-            else:
-                out.append((payload.signal.value, data, 0, length, payload.items, payload.received_ns))
+            length = len(payload.data)
+            self.map[offset : offset + length] = payload.data
+            out.append((payload.signal.value, None, offset, length, payload.items, payload.received_ns))
+            offset += length
         return out
+
+    def release(self) -> None:
+        """Give back the oldest stretch: its batch was answered."""
+        if self._used:
+            self._used.popleft()
+
+    def _reserve(self, size: int) -> int | None:
+        used = self._used
+        if not any(end > start for start, end in used):
+            self._head = 0  # nothing in use: start over at the beginning
+        head = self._head
+        if size > self.size:
+            return None
+        occupied = [(start, end) for start, end in used if end > start]
+        if not occupied:
+            start = 0
+        else:
+            oldest = occupied[0][0]
+            if head > oldest:  # in use: [oldest, head); free: [head, size) and [0, oldest)
+                if size <= self.size - head:
+                    start = head
+                elif size <= oldest:
+                    start = 0
+                else:
+                    return None
+            elif size <= oldest - head:  # wrapped: free is [head, oldest)
+                start = head
+            else:
+                return None
+        self._used.append((start, start + size))
+        self._head = start + size
+        return start
 
     def take(self, wired: Sequence[_Wired]) -> list[Payload]:
         return [
@@ -366,11 +405,19 @@ def _answer(
     metrics: RecordingMetrics,
     actions: RecordedActions,
 ) -> None:
+    def updates() -> tuple[Any, ...]:
+        alerts, mitigations = actions.take()
+        return (metrics.take(), alerts, mitigations, _backend(processors))
+
     while True:
         message = _recv_blocking(sock)
-        if message is None or message[0] == "stop":
-            if message is not None:
-                _send_blocking(sock, ("stopped",))
+        if message is None:
+            return
+        if message[0] == "stop":
+            for processor in processors.values():  # what is left to learn, and its counts
+                with contextlib.suppress(Exception):
+                    processor.settle()
+            _send_blocking(sock, ("stopped", [], *updates()))
             return
         kind, signal = message[0], Signal(message[1])
         processor = processors[signal]
@@ -384,13 +431,21 @@ def _answer(
         except Exception as exc:
             log.exception("scoring worker: %s failed", kind)
             reply = ("error", f"{type(exc).__name__}: {exc}")
-        alerts, mitigations = actions.take()
-        _send_blocking(sock, (*reply, metrics.take(), alerts, mitigations, _backend(processors)))
+        _send_blocking(sock, (*reply, *updates()))
         if kind == "process":
             try:  # decide, forward, then learn: the service is already receiving the next batch
                 processor.settle()
             except Exception:
                 log.exception("learning from a forwarded batch failed; its lessons are skipped")
+            # The counts of what was learned ride on the next reply; with no request waiting,
+            # they are sent now (a service between bursts must not show stale counters).
+            if (metrics.ops or actions.alerts or actions.mitigations) and not _readable(sock):
+                _send_blocking(sock, ("update", [], *updates()))
+
+
+def _readable(sock: socket.socket) -> bool:
+    """Whether a request is already waiting on ``sock``."""
+    return bool(select.select([sock], [], [], 0)[0])
 
 
 def _backend(processors: dict[Signal, Any]) -> str:
@@ -440,7 +495,8 @@ class WorkerProcess:
         self._send_lock = asyncio.Lock()
         self._waiting: collections.deque[asyncio.Future[tuple[Any, ...]]] = collections.deque()
         self._replies: asyncio.Task[None] | None = None
-        self._half = 0
+        # Per request sent and not answered, in order: whether it took a stretch of the window.
+        self._windowed: collections.deque[bool] = collections.deque()
         self._restart: asyncio.Task[None] | None = None
         self._window: SharedWindow | None = None
         self._window_bytes = window_bytes
@@ -486,7 +542,7 @@ class WorkerProcess:
         self.backend = first[1]
         apply_metric_ops(self._metrics, first[2])
         self._process, self._reader, self._writer, self._window = process, reader, writer, window
-        self._half = 0
+        self._windowed.clear()
         self._replies = asyncio.create_task(self._read_replies(reader), name="otelai-scoring-replies")
         log.info("scoring worker started", extra={"pid": process.pid, "backend": self.backend})
 
@@ -508,10 +564,11 @@ class WorkerProcess:
             if writer is None or window is None:
                 raise WorkerUnavailable("the scoring worker is not running")
             if kind == "process":
-                # Half of the window per batch, in turn: the batch that used this half before
-                # was answered (at most DEPTH in flight), so the worker has copied it out.
-                argument = window.put(argument, half=self._half)
-                self._half ^= 1
+                # A stretch of the window per batch, given back with its reply (read then).
+                argument = window.put(argument)
+                self._windowed.append(True)
+            else:
+                self._windowed.append(False)
             reply: asyncio.Future[tuple[Any, ...]] = asyncio.get_running_loop().create_future()
             self._waiting.append(reply)
             try:
@@ -529,7 +586,15 @@ class WorkerProcess:
         except TimeoutError as exc:
             self._lost(exc)
             raise WorkerUnavailable(f"the scoring worker did not answer in {REPLY_TIMEOUT:.0f}s") from exc
-        status, result, ops, alerts, mitigations, backend = message
+        status, result = message[0], message[1]
+        self._apply(message)
+        if status != "ok":
+            raise RuntimeError(f"scoring worker: {result}")
+        return _unwire(result)
+
+    def _apply(self, message: tuple[Any, ...]) -> None:
+        """A frame's metric updates, alerts, mitigation triggers and backend name, here."""
+        _, _, ops, alerts, mitigations, backend = message
         self.backend = backend
         apply_metric_ops(self._metrics, ops)
         if alerts and self._alerter is not None:
@@ -537,17 +602,19 @@ class WorkerProcess:
         if self._mitigation is not None:
             for alert in mitigations:
                 self._mitigation.trigger(alert)
-        if status != "ok":
-            raise RuntimeError(f"scoring worker: {result}")
-        return _unwire(result)
 
     async def _read_replies(self, reader: asyncio.StreamReader) -> None:
         """Replies come in the order of the requests: each resolves the oldest waiting one."""
         try:
             while True:
                 message = await _read(reader)
+                if message[0] == "update":  # not a reply: what the worker learned since its last
+                    self._apply(message)
+                    continue
                 if self._waiting:
                     waiting = self._waiting.popleft()
+                    if self._windowed.popleft() and self._window is not None:
+                        self._window.release()  # the worker has copied that batch out
                     if not waiting.done():
                         waiting.set_result(message)
                 if message[0] == "stopped":
@@ -564,6 +631,7 @@ class WorkerProcess:
                 "scoring worker lost; failing batches open until it is back", extra={"error": repr(exc)}
             )
         self._drop_connection()
+        self._windowed.clear()
         lost = WorkerUnavailable(f"the scoring worker stopped answering: {exc!r}")
         while self._waiting:
             waiting = self._waiting.popleft()
@@ -606,7 +674,7 @@ class WorkerProcess:
         if self._writer is not None:
             with contextlib.suppress(WorkerUnavailable, TimeoutError):
                 stopped = await self.submit("stop", Signal.TRACES, None)
-                await asyncio.wait_for(asyncio.shield(stopped), REPLY_TIMEOUT)
+                self._apply(await asyncio.wait_for(asyncio.shield(stopped), REPLY_TIMEOUT))
         if self._replies is not None:
             self._replies.cancel()
             await asyncio.gather(self._replies, return_exceptions=True)

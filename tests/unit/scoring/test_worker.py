@@ -66,25 +66,72 @@ def test_recorded_metric_updates_replay_on_the_service_metrics() -> None:
     )
 
 
-def test_the_shared_window_carries_batches_in_its_halves_and_what_does_not_fit_goes_inline() -> None:
+def test_the_shared_window_is_a_ring_of_stretches_given_back_in_order() -> None:
     window = SharedWindow(200)
     twin = SharedWindow(200, fd=os.dup(window.fd))  # the worker's mapping of the same memory
     try:
-        first = [
-            Payload(Signal.TRACES, b"a" * 60, 3, 11),
-            Payload(Signal.TRACES, b"b" * 30, 2, 12),
-            Payload(Signal.LOGS, b"c" * 40, 1, 13),  # beyond this half: inline
-        ]
-        second = [Payload(Signal.TRACES, b"d" * 100, 4, 14)]  # the whole other half
-        wired_first = window.put(first, half=0)
-        wired_second = window.put(second, half=1)  # the first batch is not read yet
-        assert [entry[1] is None for entry in wired_first] == [True, True, False]
-        assert [entry[1] is None for entry in wired_second] == [True]
-        assert twin.take(wired_first) == first
-        assert twin.take(wired_second) == second
+
+        def batch(tag: bytes, *sizes: int) -> list[Payload]:
+            return [Payload(Signal.TRACES, tag * size, 1, i) for i, size in enumerate(sizes)]
+
+        first, second = batch(b"a", 60, 30), batch(b"b", 80)
+        wired_first, wired_second = window.put(first), window.put(second)
+        assert [entry[2] for entry in wired_first + wired_second] == [0, 60, 90]
+        # Out: 170 of 200 bytes. What does not fit in the free 30 goes inline, whole.
+        third = batch(b"c", 20, 20)
+        wired_third = window.put(third)
+        assert all(entry[1] is not None for entry in wired_third)
+        # Nothing written over a batch still out: the worker reads each as it was put.
+        assert twin.take(wired_first) == first and twin.take(wired_second) == second
+        assert twin.take(wired_third) == third
+        window.release()  # the first batch's reply: bytes 0-90 are free again
+        fourth = batch(b"d", 70)  # after the second (ends at 170) there are 30: wraps to 0
+        wired_fourth = window.put(fourth)
+        assert wired_fourth[0][1] is None and wired_fourth[0][2] == 0
+        assert twin.take(wired_second) == second  # untouched by the wrap
+        window.release()  # the second
+        window.release()  # the third (inline: took nothing)
+        fifth = batch(b"e", 100)  # out: 0-70; free: 70-200
+        wired_fifth = window.put(fifth)
+        assert wired_fifth[0][1] is None and wired_fifth[0][2] == 70
+        assert twin.take(wired_fourth) == fourth and twin.take(wired_fifth) == fifth
+        window.release()
+        window.release()  # nothing out: the next batch starts at 0
+        assert window.put(batch(b"f", 200))[0][2] == 0
     finally:
         twin.close()
         window.close()
+
+
+async def test_batches_of_several_signals_out_at_once_each_arrive_intact() -> None:
+    # Every stage hands on up to DEPTH batches, and the stages share the worker: more batches
+    # than DEPTH are out at once. Each must reach the worker as it was sent (a window written
+    # over before the worker read it would corrupt a batch: unreadable, counted as such).
+    config = load_config(text="scoring: {signals: [traces, logs], model: {enabled: false}}")
+    registry = CollectorRegistry()
+    worker = WorkerProcess(config, Metrics(registry), RecordedActions(), None)
+    await worker.start()
+    try:
+        workload = Workload(5)
+        batches = []
+        for _ in range(12):
+            requests = list(per_service(workload.traces(40)))
+            batches.append([Payload(Signal.TRACES, r.SerializeToString(), span_count([r])) for r in requests])
+        replies = [await worker.submit("process", Signal.TRACES, batch) for batch in batches]
+        results = [await worker.result(reply) for reply in replies]
+    finally:
+        await worker.stop()
+    assert all(isinstance(result, list) for result in results)
+    sent = sum(p.items for batch in batches for p in batch)
+    decided = sum(
+        s.value
+        for family in registry.collect()
+        if family.name == "otelai_selection_items"
+        for s in family.samples
+        if s.name.endswith("_total")
+    )
+    assert decided == sent
+    assert registry.get_sample_value("otelai_fail_open_items_total", {"signal": "traces", "reason": "unreadable"}) is None
 
 
 class _Alerts:
@@ -258,3 +305,33 @@ def test_auto_asks_for_the_worker_when_two_cores_are_usable() -> None:
     assert load_config(text="scoring: {worker_process: auto}").scoring.worker_process == "auto"
     with pytest.raises(ConfigError, match="worker_process"):
         load_config(text="scoring: {worker_process: sometimes}")
+
+
+async def test_counts_of_what_the_worker_learned_arrive_without_waiting_for_more_traffic() -> None:
+    # The trace processor counts a batch when it learns from it, after replying: with no next
+    # request to ride on, the worker sends the counts on their own.
+    config = load_config(text="scoring: {signals: [traces], model: {enabled: false}}")
+    registry = CollectorRegistry()
+    worker = WorkerProcess(config, Metrics(registry), RecordedActions(), None)
+    await worker.start()
+    try:
+        requests = list(per_service(Workload(9).traces(10)))
+        batch = [Payload(Signal.TRACES, r.SerializeToString(), span_count([r])) for r in requests]
+        await worker.process(Signal.TRACES, batch)
+        deadline = time.monotonic() + 10
+        while _decided(registry, "traces") < sum(p.items for p in batch):
+            assert time.monotonic() < deadline, "the counts did not come"
+            await asyncio.sleep(0.05)
+        assert _decided(registry, "traces") == sum(p.items for p in batch)
+    finally:
+        await worker.stop()
+
+
+def _decided(registry: CollectorRegistry, signal: str) -> float:
+    return sum(
+        s.value
+        for family in registry.collect()
+        if family.name == "otelai_selection_items"
+        for s in family.samples
+        if s.name.endswith("_total") and s.labels["signal"] == signal
+    )
