@@ -122,16 +122,13 @@ async def test_batches_of_several_signals_out_at_once_each_arrive_intact() -> No
     finally:
         await worker.stop()
     assert all(isinstance(result, list) for result in results)
-    sent = sum(p.items for batch in batches for p in batch)
-    decided = sum(
-        s.value
-        for family in registry.collect()
-        if family.name == "otelai_selection_items"
-        for s in family.samples
-        if s.name.endswith("_total")
+    assert _decided(registry, "traces") == sum(p.items for batch in batches for p in batch)
+    assert (
+        registry.get_sample_value(
+            "otelai_fail_open_items_total", {"signal": "traces", "reason": "unreadable"}
+        )
+        is None
     )
-    assert decided == sent
-    assert registry.get_sample_value("otelai_fail_open_items_total", {"signal": "traces", "reason": "unreadable"}) is None
 
 
 class _Alerts:
@@ -282,17 +279,8 @@ async def test_logs_and_metrics_are_scored_in_the_worker_too() -> None:
     finally:
         await worker.stop()
 
-    def decided(signal: str) -> float:
-        return sum(
-            s.value
-            for family in registry.collect()
-            if family.name == "otelai_selection_items"
-            for s in family.samples
-            if s.name.endswith("_total") and s.labels["signal"] == signal
-        )
-
-    assert decided("logs") == sent_records  # every record decided on, counted here
-    assert decided("metrics") == sent_points
+    assert _decided(registry, "logs") == sent_records  # every record decided on, counted here
+    assert _decided(registry, "metrics") == sent_points
     # Metric points are never dropped or relabelled: the last batch's requests come back whole.
     assert [p.data for p in metric_out[: len(batch)]] == [p.data for p in batch]
 
