@@ -75,6 +75,13 @@ class Interner:
         found: NDArray[np.int32] = np.where(stored.take(slot) == keys, self._hashed_ids.take(slot), UNKNOWN)
         return found.astype(np.int32, copy=False)
 
+    def hashed_table(self) -> tuple[NDArray[np.uint64], NDArray[np.int32]]:
+        """The remembered keys (sorted, unique) and their operation ids, for a compiled lookup.
+
+        Read only: :meth:`remember_hashed` replaces them rather than changing them in place.
+        """
+        return self._hashed_keys, self._hashed_ids
+
     def remember_hashed(self, keys: NDArray[np.uint64], ids: NDArray[np.int32]) -> None:
         """Remember operation ``ids`` under ``keys`` (unique, not remembered yet).
 

@@ -155,7 +155,7 @@ class SpanBatch:
             except (ValueError, IndexError):  # WireError is a ValueError; find the bad request(s)
                 columns, failed = _decode_each(payloads, interner)
         parent_span_id = columns.pop("parent_span_id")
-        if "parent_index" not in columns:
+        if parent_span_id is not None:
             columns.update(_links(columns["trace_id"], columns["span_id"], parent_span_id))
         return _frozen(cls, columns, failed)
 
@@ -173,7 +173,10 @@ class SpanBatch:
 
 
 def _decode_compiled(kernel: ModuleType, payloads: list[bytes], interner: Interner) -> dict[str, Any] | None:
-    """:func:`_decode`'s columns from the compiled reader, or None to read with numpy instead."""
+    """:func:`_decode`'s columns and the links from the compiled reader, or None to read with numpy instead.
+
+    ``parent_span_id`` is None: the links are already resolved.
+    """
     sizes = np.fromiter(map(len, payloads), dtype=np.int64, count=len(payloads))
     if int(sizes.sum()) >= 2**31 - 2 * PAD:  # beyond what the numpy reader accepts: let it decide
         return None
@@ -187,46 +190,21 @@ def _decode_compiled(kernel: ModuleType, payloads: list[bytes], interner: Intern
         return None
     if found is None:
         return None
-    spans, small, names = found.spans, found.small, found.names
     resource_ids = np.array(
         [interner.service(_text(buf, int(a), int(b))) for a, b in found.services.tolist()], dtype=np.int64
     )
-    service = resource_ids.take(spans[:, 6]) if spans.shape[0] else np.zeros(0, dtype=np.int64)
-    operation = _intern_operations(
-        buf, names[:, 0].copy(), names[:, 1].copy(), service, found.name_hashes, interner
-    )
-    request = spans[:, 2]
-    has_parent = small[:, 9].astype(np.bool_)
-    parent, depth, children = kernel.links(found.ids, has_parent)
-    return {
-        "is_root": ~has_parent,
-        "parent_index": parent,
-        "depth": depth,
-        "child_count": children,
-        "trace_id": found.ids[:, 0:16].copy(),
-        "span_id": found.ids[:, 16:24].copy(),
-        "parent_span_id": found.ids[:, 24:32].copy(),
-        "has_parent": has_parent,
-        "start_unix_nano": found.times[:, 0].copy(),
-        "duration_ns": found.times[:, 1].copy(),
-        "status_code": small[:, 0].astype(np.int8),
-        "kind": small[:, 1].astype(np.int8),
-        "n_events": small[:, 2].copy(),
-        "n_links": small[:, 3].copy(),
-        "n_attributes": small[:, 4].copy(),
-        "has_exception_event": small[:, 5].astype(np.bool_),
-        "http_status_class": small[:, 6].astype(np.int8),
-        "rpc_grpc_status": small[:, 7].copy(),
-        "has_db": small[:, 8].astype(np.bool_),
-        "service_id": service.astype(np.int32),
-        "operation_id": operation,
-        "request": request.astype(np.int32),
-        "resource": spans[:, 3].astype(np.int32),
-        "scope": spans[:, 4].astype(np.int32),
-        "index": spans[:, 5].astype(np.int32),
-        "span_start": spans[:, 0] - starts.take(request),
-        "span_end": spans[:, 1] - starts.take(request),
-    }
+    stored_keys, stored_ids = interner.hashed_table()
+    columns: dict[str, Any] = kernel.finish(found, starts, resource_ids, stored_keys, stored_ids)
+    key = columns.pop("operation_key")
+    operation = columns["operation_id"]
+    missing = np.flatnonzero(operation == UNKNOWN)
+    if missing.size:
+        names = found.names
+        _intern_missing(
+            buf, names[:, 0], names[:, 1], columns["service_id"], key, operation, missing, interner
+        )
+    columns["parent_span_id"] = None  # links are resolved: from_payloads drops it
+    return columns
 
 
 def _text(buf: U8, start: int, end: int) -> str:
@@ -520,14 +498,28 @@ def _intern_operations(
     operation_ids = interner.hashed_operations(key)
     operation_ids[long_names] = UNKNOWN
     missing = np.flatnonzero(operation_ids == UNKNOWN)
-    if not missing.size:
-        return operation_ids
+    if missing.size:
+        _intern_missing(buf, name_start, name_end, service, key, operation_ids, missing, interner)
+    return operation_ids
+
+
+def _intern_missing(
+    buf: U8,
+    name_start: I64,
+    name_end: I64,
+    service: IntArray,
+    key: NDArray[np.uint64],
+    operation_ids: NDArray[np.int32],
+    missing: I64,
+    interner: Interner,
+) -> None:
+    """Fill ``operation_ids[missing]`` (not remembered under their ``key``, or long names) from the interner."""
+    long_missing = (name_end.take(missing) - name_start.take(missing)) > MAX_SHORT_NAME
     key = key.take(missing)
-    long_missing = long_names.take(missing)
     # Long names are rare; they are grouped by their exact bytes rather than a prefix hash.
     key[long_missing] = np.arange(int(long_missing.sum()), dtype=np.uint64) | np.uint64(1 << 63)
-    unique, first, inverse = np.unique(key, return_index=True, return_inverse=True)
-    first = missing.take(first)
+    unique, first_missing, inverse = np.unique(key, return_index=True, return_inverse=True)
+    first = missing.take(first_missing)
     # Plain ints and a memoryview: numpy scalars and array slices cost microseconds per name.
     data, operation = buf.data, interner.operation
     owners, starts, ends = (
@@ -541,10 +533,9 @@ def _intern_operations(
         dtype=np.int32,
         count=int(unique.size),
     )
-    short = ~long_names.take(first)
+    short = ~long_missing.take(first_missing)
     interner.remember_hashed(unique[short], ids[short])
     operation_ids[missing] = ids.take(inverse.reshape(-1))
-    return operation_ids
 
 
 def _name_hash(buf: U8, start: I64, length: I64) -> NDArray[np.uint64]:

@@ -9,8 +9,9 @@ events and attributes. It yields exactly the columns of the numpy reader
 :mod:`otelai.features.wire`) at a small fraction of its cost: on the benchmark's requests
 :func:`decode` takes about 0.15 us a span, a whole ``SpanBatch`` read through it 0.6, through
 the numpy reader 3 to 5. The numpy reader pays a few numpy calls per field position and per
-attribute key, this a few nanoseconds per field. Interning and the parent links stay in
-:mod:`~otelai.features.span_batch`, fed from these columns.
+attribute key, this a few nanoseconds per field. :func:`finish` turns the rows into the
+final columns (dtypes, request-relative offsets, remembered operation ids, parent links) in
+one call; interning new names stays in :mod:`~otelai.features.span_batch`.
 
 Contract with the numpy reader: whenever :func:`decode` reports :data:`OK`, the numpy reader
 would read the same requests without error and produce the same columns. Anything this reader
@@ -767,9 +768,200 @@ def decode(
     return Decoded(*columns) if status == OK else None
 
 
+_UNKNOWN = -2  # interner.UNKNOWN: an operation key not remembered yet
+
+
+@_jit
+def _finish(
+    spans: Any,
+    ids: Any,
+    times: Any,
+    small: Any,
+    names: Any,
+    hashes: Any,
+    request_start: Any,
+    resource_ids: Any,
+    stored_keys: Any,
+    stored_ids: Any,
+) -> tuple[Any, ...]:
+    """:func:`_decode`'s rows as SpanBatch's columns, in their final dtypes, one array each.
+
+    Also the operation key of each span (span_batch._intern_operations: the name hash mixed
+    with the service id), its remembered id looked up in ``stored_keys`` (sorted; ids
+    ``stored_ids``), :data:`_UNKNOWN` when not remembered or the name is long, and the links.
+    """
+    n = spans.shape[0]
+    trace_id = np.empty((n, 16), dtype=np.uint8)
+    span_id = np.empty((n, 8), dtype=np.uint8)
+    has_parent = np.empty(n, dtype=np.bool_)
+    is_root = np.empty(n, dtype=np.bool_)
+    start = np.empty(n, dtype=np.int64)
+    duration = np.empty(n, dtype=np.int64)
+    status = np.empty(n, dtype=np.int8)
+    kind = np.empty(n, dtype=np.int8)
+    events = np.empty(n, dtype=np.int16)
+    links = np.empty(n, dtype=np.int16)
+    attributes = np.empty(n, dtype=np.int16)
+    exception = np.empty(n, dtype=np.bool_)
+    http = np.empty(n, dtype=np.int8)
+    grpc = np.empty(n, dtype=np.int16)
+    has_db = np.empty(n, dtype=np.bool_)
+    service = np.empty(n, dtype=np.int32)
+    operation = np.empty(n, dtype=np.int32)
+    keys = np.empty(n, dtype=np.uint64)
+    request = np.empty(n, dtype=np.int32)
+    resource = np.empty(n, dtype=np.int32)
+    scope = np.empty(n, dtype=np.int32)
+    index = np.empty(n, dtype=np.int32)
+    span_start = np.empty(n, dtype=np.int64)
+    span_end = np.empty(n, dtype=np.int64)
+    source, trace_out, span_out = _data(ids), _data(trace_id), _data(span_id)
+    stored = stored_keys.size
+    last_key, last_id = np.uint64(0), np.int64(_UNKNOWN)
+    have_last = False
+    for row in range(n):
+        _put_word(trace_out, 16 * row, _word(source, 32 * row))
+        _put_word(trace_out, 16 * row + 8, _word(source, 32 * row + 8))
+        _put_word(span_out, 8 * row, _word(source, 32 * row + 16))
+        parent = small[row, 9] != 0
+        has_parent[row] = parent
+        is_root[row] = not parent
+        start[row] = times[row, 0]
+        duration[row] = times[row, 1]
+        status[row] = small[row, 0]
+        kind[row] = small[row, 1]
+        events[row] = small[row, 2]
+        links[row] = small[row, 3]
+        attributes[row] = small[row, 4]
+        exception[row] = small[row, 5] != 0
+        http[row] = small[row, 6]
+        grpc[row] = small[row, 7]
+        has_db[row] = small[row, 8] != 0
+        owner = resource_ids[spans[row, 6]]
+        service[row] = owner
+        key = _mix(hashes[row] + np.uint64(owner))
+        keys[row] = key
+        found = np.int64(_UNKNOWN)
+        if names[row, 1] - names[row, 0] <= MAX_SHORT_NAME:
+            if have_last and key == last_key:
+                found = last_id
+            elif stored:
+                low, high = 0, stored  # the first stored key >= key
+                while low < high:
+                    middle = (low + high) >> 1
+                    if stored_keys[middle] < key:
+                        low = middle + 1
+                    else:
+                        high = middle
+                if low < stored and stored_keys[low] == key:
+                    found = np.int64(stored_ids[low])
+            last_key, last_id, have_last = key, found, True
+        operation[row] = found
+        at = spans[row, 2]
+        request[row] = at
+        resource[row] = spans[row, 3]
+        scope[row] = spans[row, 4]
+        index[row] = spans[row, 5]
+        span_start[row] = spans[row, 0] - request_start[at]
+        span_end[row] = spans[row, 1] - request_start[at]
+    parent_index, depth, children = _links(ids, has_parent)
+    return (
+        trace_id,
+        span_id,
+        has_parent,
+        is_root,
+        start,
+        duration,
+        status,
+        kind,
+        events,
+        links,
+        attributes,
+        exception,
+        http,
+        grpc,
+        has_db,
+        service,
+        operation,
+        keys,
+        request,
+        resource,
+        scope,
+        index,
+        span_start,
+        span_end,
+        parent_index,
+        depth,
+        children,
+    )
+
+
+_FINISHED = (
+    "trace_id",
+    "span_id",
+    "has_parent",
+    "is_root",
+    "start_unix_nano",
+    "duration_ns",
+    "status_code",
+    "kind",
+    "n_events",
+    "n_links",
+    "n_attributes",
+    "has_exception_event",
+    "http_status_class",
+    "rpc_grpc_status",
+    "has_db",
+    "service_id",
+    "operation_id",
+    "operation_key",
+    "request",
+    "resource",
+    "scope",
+    "index",
+    "span_start",
+    "span_end",
+    "parent_index",
+    "depth",
+    "child_count",
+)
+
+
+def finish(
+    found: Decoded,
+    request_start: NDArray[np.int64],
+    resource_ids: NDArray[np.int64],
+    stored_keys: NDArray[np.uint64],
+    stored_ids: NDArray[np.int32],
+) -> dict[str, Any]:
+    """SpanBatch's columns (writable) from :func:`decode`'s rows, by name, plus ``operation_key``.
+
+    ``resource_ids`` is the service id of each resource (``found.services``); ``stored_keys``
+    and ``stored_ids`` the interner's remembered operation keys (sorted) and their ids
+    (:meth:`~otelai.features.interner.Interner.hashed_table`). ``operation_id`` is
+    ``interner.UNKNOWN`` where the key is not remembered or the name is over
+    :data:`MAX_SHORT_NAME` bytes: the caller interns those.
+    """
+    columns = _finish(
+        found.spans,
+        found.ids,
+        found.times,
+        found.small,
+        found.names,
+        found.name_hashes,
+        request_start,
+        resource_ids,
+        stored_keys,
+        stored_ids,
+    )
+    return dict(zip(_FINISHED, columns, strict=True))
+
+
 def warm_up() -> None:
     """Compile (or load from the cache) the kernels for the argument types :func:`decode` gets."""
     empty = np.zeros(0, dtype=np.int64)
     buf = np.frombuffer(bytes(64), dtype=np.uint8)  # read-only, as as_buffer's
-    decode(buf, empty, empty, np.ones(MAX_SHORT_NAME // 8 + 3, dtype=np.uint64))
+    found = decode(buf, empty, empty, np.ones(MAX_SHORT_NAME // 8 + 3, dtype=np.uint64))
     links(np.zeros((0, 32), dtype=np.uint8), np.zeros(0, dtype=np.bool_))
+    if found is not None:
+        finish(found, empty, empty, np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int32))

@@ -269,3 +269,44 @@ def test_links_match_the_numpy_links(seed: int, n: int) -> None:
     np.testing.assert_array_equal(depth, expected["depth"])
     np.testing.assert_array_equal(children, expected["child_count"])
     assert (parent.dtype, depth.dtype, children.dtype) == (np.int32, np.int16, np.int32)
+
+
+def _assert_same(expected: SpanBatch, actual: SpanBatch) -> None:
+    assert actual.failed_requests == expected.failed_requests
+    for name in _COLUMNS:
+        want, got = getattr(expected, name), getattr(actual, name)
+        assert (got.dtype, got.shape) == (want.dtype, want.shape), name
+        np.testing.assert_array_equal(got, want, err_msg=name)
+        assert not got.flags.writeable, name
+        assert got.flags.c_contiguous == want.flags.c_contiguous or got.ndim == 1, name
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.lists(random_requests(), min_size=1, max_size=3), min_size=2, max_size=4),
+    st.integers(1, 6),
+    st.integers(2, 40),
+    st.data(),
+)
+def test_batches_through_one_interner_read_alike(
+    batches: list[list[ExportTraceServiceRequest]],
+    max_services: int,
+    max_operations: int,
+    data: st.DataObject,
+) -> None:
+    """Later batches find their operations remembered by the interner (the compiled lookup); caps
+    give overflowed services and operations; some batches are damaged (handed back to numpy)."""
+    numpy_interner = Interner(max_services=max_services, max_operations=max_operations)
+    numba_interner = Interner(max_services=max_services, max_operations=max_operations)
+    prefix = "SELECT " + "x" * 80
+    long_names = make_request({"db": [make_span(1, i, name=prefix + "ab"[i % 2]) for i in range(1, 4)]})
+    for requests in [*batches, *batches]:  # again: every operation is remembered by now
+        payloads = [request.SerializeToString() for request in requests] + [long_names.SerializeToString()]
+        if data.draw(st.booleans()):
+            cut = data.draw(st.integers(0, len(payloads[0])))
+            payloads[0] = payloads[0][:cut]
+        expected = SpanBatch.from_payloads(payloads, numpy_interner, decoder="numpy")
+        actual = SpanBatch.from_payloads(payloads, numba_interner, decoder="numba")
+        _assert_same(expected, actual)
+        assert _table(numba_interner) == _table(numpy_interner)
+        assert numba_interner.overflowed == numpy_interner.overflowed
