@@ -43,12 +43,7 @@ def _both(payloads: list[bytes]) -> tuple[SpanBatch, SpanBatch]:
     numpy_interner, numba_interner = Interner(), Interner()
     expected = SpanBatch.from_payloads(payloads, numpy_interner, decoder="numpy")
     actual = SpanBatch.from_payloads(payloads, numba_interner, decoder="numba")
-    assert actual.failed_requests == expected.failed_requests
-    for name in _COLUMNS:
-        want, got = getattr(expected, name), getattr(actual, name)
-        assert (got.dtype, got.shape) == (want.dtype, want.shape), name
-        np.testing.assert_array_equal(got, want, err_msg=name)
-        assert not got.flags.writeable, name
+    _assert_same(expected, actual)
     assert _table(numba_interner) == _table(numpy_interner)
     return expected, actual
 
