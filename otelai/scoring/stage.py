@@ -148,12 +148,8 @@ class ScoringStage:
         return await future
 
     async def drain(self, timeout: float) -> bool:  # noqa: ASYNC109
-        started = time.monotonic()
+        # Batches in the scoring worker count: the batcher is idle only once they came back.
         drained = await self._batcher.drain(timeout)
-        if self._replies:  # batches still in the scoring worker
-            left = max(0.0, timeout - (time.monotonic() - started))
-            _, pending = await asyncio.wait(set(self._replies), timeout=left)
-            drained = drained and not pending
         await self._flush_ticks(final=True)
         return drained
 
