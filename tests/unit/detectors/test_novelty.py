@@ -42,9 +42,70 @@ def test_spike_scores_far_above_normal_points() -> None:
 def test_a_burst_alarms_at_its_rising_edge_only() -> None:
     values = series(1)
     values[300:320] += 30.0  # a surge that lasts 20 points
-    scores = NoveltyDetector(SCHEMA.names, range_scale=1e9).score_many(rows(values))  # surprise only
+    surprise_only = NoveltyDetector(SCHEMA.names, range_scale=1e9, context_weight=0.0)
+    scores = surprise_only.score_many(rows(values))
     assert scores[300] > 0.2
     assert np.count_nonzero(scores[301:320] > 0.2) <= 3
+
+
+def cycle(n: int = 2400, period: int = 40) -> np.ndarray:
+    """A clean repeating ramp: after one period every context of it has been seen."""
+    return 10.0 + (np.arange(n) % period).astype(np.float64)
+
+
+def context_only(**params: float) -> NoveltyDetector:
+    return NoveltyDetector(SCHEMA.names, range_scale=1e9, z_weight=0.0, **params)  # type: ignore[arg-type]
+
+
+def test_a_change_of_shape_inside_the_range_is_a_new_context() -> None:
+    values = cycle()
+    values[2000:2100] = 30.0  # the ramp stops at a level it always passes: no new extreme
+    scores = context_only().score_many(rows(values))
+    assert scores[40:2000].max() == 0.0  # after the first ramp, only contexts seen before
+    # The flat run is new at once, and (the last new context 2000 points ago) nearly fully rare.
+    assert scores[2000:2003].max() > 0.3
+    assert np.count_nonzero(scores[2000:2100]) <= 2  # new once, not at every point
+    assert ((scores >= 0) & (scores <= 0.35)).all()
+
+
+def test_new_contexts_are_worth_less_on_a_series_that_keeps_making_them() -> None:
+    rng = np.random.default_rng(5)
+    noisy = 50.0 + 10.0 * rng.standard_normal(1200)
+    scores = context_only().score_many(rows(noisy))
+    regular = context_only().score_many(rows(np.concatenate([cycle(), np.full(400, 30.0)])))
+    assert np.count_nonzero(scores[300:]) > 0  # noise keeps finding new contexts ...
+    assert scores[300:].max() < 0.5 * regular.max()  # ... each far less informative
+
+
+def test_bundles_without_context_params_score_as_before(tmp_path: pytest.TempPathFactory) -> None:
+    spec = DetectorSpec(name="n", kind="novelty", params={"threshold": 0.3})
+    manifest = Manifest(
+        name="t",
+        version="1",
+        signals={"metrics": SignalModel(feature_schema=SchemaSpec.of("metrics", SCHEMA), detectors=[spec])},
+    )
+    bundle = save_bundle(tmp_path, manifest)  # type: ignore[arg-type]
+    assert NoveltyDetector.from_spec(bundle, spec, Serving()).context_weight == 0.0
+    fresh = DetectorSpec(name="n", kind="novelty", params=NoveltyDetector(SCHEMA.names).params)
+    assert NoveltyDetector.from_spec(bundle, fresh, Serving()).params == NoveltyDetector(SCHEMA.names).params
+
+
+def test_invalid_context_params_are_refused() -> None:
+    with pytest.raises(ValueError, match="context_floor"):
+        NoveltyDetector(SCHEMA.names, context_floor=0.0)
+    with pytest.raises(ValueError, match="context_bins"):
+        NoveltyDetector(SCHEMA.names, context_bins=64, context_length=4)
+
+
+@pytest.mark.parametrize("size", [1, 7, 256, 1000])
+def test_context_scores_do_not_depend_on_batch_size(size: int) -> None:
+    values = np.concatenate([series(6, 700), cycle(300) + 40.0])
+    features = rows(values)
+    whole = context_only(context_half_life=50.0).score_many(features)
+    assert np.count_nonzero(whole) >= 3  # the test has something to compare
+    detector = context_only(context_half_life=50.0)
+    parts = np.concatenate([detector.score_many(features[i : i + size]) for i in range(0, 1000, size)])
+    assert parts == pytest.approx(whole, abs=1e-6)
 
 
 @pytest.mark.parametrize("size", [1, 7, 256, 1000])
