@@ -4,7 +4,8 @@ The issue's goal (issue 3): at the default settings, forwarded bytes are at most
 bytes received when ``../shared/data/otel-demo`` is replayed with ``otelai replay``.
 
 The service runs as a subprocess with the embedded default configuration (``load_config(None)``:
-a ``file`` exporter), moved to free loopback ports and a temporary output file, plus any
+a ``file`` exporter that merges what it forwards within 200ms, ``sending_queue.batch``), moved
+to free loopback ports and a temporary output file (its other settings kept), plus any
 ``--set KEY=VALUE`` overrides (YAML values, dotted keys). The data set is replayed in segments
 (``train/`` then ``eval/``, or ``--segments N`` slices of the windows in replay order, through
 folders of symbolic links), so that what the warm-up costs shows up per segment. After each
@@ -89,7 +90,8 @@ def service_config(out_file: Path, overrides: list[str]) -> tuple[dict[str, Any]
     tree: dict[str, Any] = yaml.safe_load(EMBEDDED_DEFAULT)
     grpc_port, metrics_port = free_port(), free_port()
     tree["receivers"]["otlp"]["protocols"] = {"grpc": {"endpoint": f"127.0.0.1:{grpc_port}"}}
-    tree["exporters"] = {"file": {"path": str(out_file)}}
+    # the default's file exporter, with all its settings (its send batching included), elsewhere
+    tree["exporters"] = {"file": {**tree["exporters"]["file"], "path": str(out_file)}}
     tree["telemetry"]["metrics"]["endpoint"] = f"127.0.0.1:{metrics_port}"
     for item in overrides:
         key, sep, value = item.partition("=")

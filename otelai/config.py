@@ -494,7 +494,11 @@ receivers:
       grpc: {endpoint: "0.0.0.0:4317"}
       http: {endpoint: "0.0.0.0:4318"}
 exporters:
-  file: {path: "./otelai-out/forwarded.jsonl"}
+  file:
+    path: "./otelai-out/forwarded.jsonl"
+    # Merge the forwarded requests of up to 200ms (the Collector's batch processor default):
+    # each resource and scope is written once per merged request instead of once per batch.
+    sending_queue: {batch: {flush_timeout: 200ms, min_size: 8192}}
 telemetry:
   metrics: {endpoint: "0.0.0.0:9464"}
 """

@@ -8,6 +8,7 @@ from otelai.config import (
     FileExporter,
     OtlpExporter,
     OtlpHttpExporter,
+    QueueBatch,
     load_config,
     parse_duration,
     parse_size,
@@ -72,6 +73,11 @@ def test_embedded_default_is_the_documented_default() -> None:
     assert config.telemetry.metrics is not None
     assert config.telemetry.metrics.endpoint == "0.0.0.0:9464"
     assert isinstance(config.exporters["file"], FileExporter)
+    # forwarded requests merged for up to 200ms, as the Collector's batch processor default
+    batch = config.exporters["file"].sending_queue.batch
+    assert batch is not None
+    assert (batch.flush_timeout, batch.min_size) == (pytest.approx(0.2), 8192)
+    assert QueueBatch().flush_timeout == 0.0  # the key's own default never waits
 
 
 def test_design_example_loads() -> None:

@@ -186,6 +186,8 @@ def test_config_keys_are_the_services_and_the_queue_is_on_the_volume(rendered: d
     config = load_config("config.yaml", text=rendered["default"].config_text(), environ=POD_ENV)
     assert config.exporters["otlp"].sending_queue.storage == "/var/lib/otelai/queue"
     assert config.exporters["otlp"].sending_queue.sizer == "items"
+    batch = config.exporters["otlp"].sending_queue.batch
+    assert batch is not None and (batch.flush_timeout, batch.min_size) == (pytest.approx(0.2), 8192)
     assert config.summaries.instance_id == "otelai-0"
     assert config.scoring.batching.latency_target == pytest.approx(0.01)
     assert config.telemetry.metrics is not None and config.telemetry.metrics.endpoint.endswith(":9464")
