@@ -10,7 +10,13 @@ Anomaly Benchmark", ICMLA 2015):
 - **Surprise** against an exponentially weighted mean and variance with a long half-life,
   bias-corrected as in Adam (Kingma & Ba, ICLR 2015) so the first points are not over-scored, and
   kept only where it beats the decayed maximum of its recent surprises by a margin (a refractory
-  period: a burst raises one alarm at its rising edge, not one per point).
+  period: a burst raises one alarm at its rising edge, not one per point). It is measured on the
+  signed log of the value, ``sign(x) log1p(|x|)`` (the service's ``value_slog``), so a change
+  counts by its ratio to the level rather than its absolute size: the service metrics NAB holds
+  (request and tweet counts, bytes, CPU) are positive and heavy tailed, their spread grows with
+  their level, and on the raw value every burst of a busy series is many standard deviations
+  out. (Chosen on the tuning half of NAB's series: standard score 64.7 -> 66.3 there, 62.7 ->
+  65.5 on the held-out half, false alarms 262 -> 179 over the corpus.)
 - **Context novelty**, after the "contextual anomaly detector" (CAD OSE, the contextOSE entry of
   NAB's scoreboard, M. Smirnov 2016): each point's context is its last ``context_length`` values
   quantised into ``context_bins`` equal bins of the series' range so far; a context never seen
@@ -21,9 +27,21 @@ Anomaly Benchmark", ICMLA 2015):
   judges a raw score by how unusual it is for that series. It catches changes of shape that stay
   inside the range and near the mean (a flattened or missing daily cycle), which the other two
   signals cannot see.
+- **Slow context novelty**, the same over a coarser time scale: the context of a point is the
+  moving averages of its last ``slow_window`` values, taken ``slow_window`` points apart
+  (``slow_length`` of them), binned the same way, with its own table and its own rate of novel
+  contexts (``slow_half_life``). A change that builds over hours (a daily pattern that drifts,
+  a slow ramp before a failure) makes a new slow context long before it makes a new extreme,
+  while the point-level noise that makes a noisy series' fine contexts new all the time is
+  averaged out. Multi-scale context in the spirit of CAD OSE's longer left semi-contexts
+  (Smirnov 2016), who builds contexts from up to seven past steps. (Windows averaged rather
+  than decimated, so every point is scored at once and no block boundary is arbitrary; 48 points,
+  3 averages and half-life 800 chosen on the tuning half of NAB: standard 66.3 -> 67.7 there,
+  65.5 -> 66.8 held out.)
 
-The score is ``max(e / (e + range_scale), z_weight * z / (z + z_scale), context_weight * i)`` in
-[0, 1), ``i`` the context's information in [0, 1].
+The score is ``max(e / (e + range_scale), z_weight * z / (z + z_scale), context_weight * i,
+context_weight * j)`` in [0, 1), ``i`` and ``j`` the information of a novel context and of a novel
+slow context, in [0, 1].
 
 Every step is closed-form over a batch: exponentially weighted sums are cumulative sums scaled by
 powers of the decay (chunked so the powers stay small), and the decayed running maximum is a
@@ -71,6 +89,16 @@ class _SeriesState:
     contexts: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, dtype=np.bool_))
     novel_weight: float = 0.0  # decayed count of points (for the rate of novel contexts)
     novel_sum: float = 0.0  # decayed count of novel contexts
+    slow_tail: F64 = field(default_factory=lambda: np.zeros(0))  # the last slow_window * slow_length - 1
+    slow_contexts: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, dtype=np.bool_))
+    slow_weight: float = 0.0  # decayed count of points (for the rate of novel slow contexts)
+    slow_sum: float = 0.0  # decayed count of novel slow contexts
+
+
+def signed_log(x: F64) -> F64:
+    """``sign(x) log1p(|x|)``: the scale the surprise is measured on (the ``value_slog`` feature)."""
+    y: F64 = np.sign(x) * np.log1p(np.abs(x))
+    return y
 
 
 def decode_slog(column: npt.NDArray[np.float32]) -> F64:
@@ -149,25 +177,77 @@ def context_novelty(x: F64, state: _SeriesState, *, bins: int, length: int) -> n
     first[np.unique(np.where(complete, codes, -1), return_index=True)[1]] = True  # first in the batch
     novel: npt.NDArray[np.bool_] = complete & first & ~state.contexts[codes]
     state.contexts[codes[complete]] = True
-    state.tail = values[values.size - (length - 1) :] if length > 1 else values[:0]
+    state.tail = values[values.size - (length - 1) :].copy() if length > 1 else values[:0].copy()
     return novel
 
 
-def novelty_rate(novel: npt.NDArray[np.bool_], state: _SeriesState, *, decay: float) -> F64:
-    """The exponentially weighted share of novel contexts before each point (0 before any)."""
+def decayed_share(
+    novel: npt.NDArray[np.bool_], carried: tuple[float, float], *, decay: float
+) -> tuple[F64, tuple[float, float]]:
+    """The exponentially weighted share of ``novel`` before each point (0 before any).
+
+    ``carried`` is the decayed (count of points, count of novel ones) before ``novel``; the same
+    pair after it is returned with the shares.
+    """
     r = novel.astype(np.float64)
     rate = np.zeros(r.size, dtype=np.float64)
+    carried_weight, carried_sum = carried
     for start in range(0, r.size, _CHUNK):
         part = r[start : start + _CHUNK]
         steps = np.arange(part.size, dtype=np.float64)
         grow, shrink = decay ** (-steps), decay**steps
-        weight = shrink * (state.novel_weight + np.concatenate([[0.0], np.cumsum(grow)[:-1]]))
-        total = shrink * (state.novel_sum + np.concatenate([[0.0], np.cumsum(part * grow)[:-1]]))
+        weight = shrink * (carried_weight + np.concatenate([[0.0], np.cumsum(grow)[:-1]]))
+        total = shrink * (carried_sum + np.concatenate([[0.0], np.cumsum(part * grow)[:-1]]))
         rate[start : start + part.size] = np.divide(total, weight, out=np.zeros_like(total), where=weight > 0)
         last = part.size - 1
-        state.novel_weight = decay * (weight[last] + 1.0)
-        state.novel_sum = decay * (total[last] + part[last])
+        carried_weight = decay * (weight[last] + 1.0)
+        carried_sum = decay * (total[last] + part[last])
+    return rate, (carried_weight, carried_sum)
+
+
+def novelty_rate(novel: npt.NDArray[np.bool_], state: _SeriesState, *, decay: float) -> F64:
+    """The exponentially weighted share of novel contexts before each point (0 before any)."""
+    rate, (state.novel_weight, state.novel_sum) = decayed_share(
+        novel, (state.novel_weight, state.novel_sum), decay=decay
+    )
     return rate
+
+
+def slow_context_novelty(
+    x: F64, state: _SeriesState, *, window: int, bins: int, length: int
+) -> npt.NDArray[np.bool_]:
+    """Whether each point's slow context is new to its series (see the module docstring).
+
+    The slow context of point ``t`` is the means of ``x[t - lag * window - window + 1 : t - lag *
+    window + 1]`` for ``lag < length``, each put in one of ``bins`` equal bins of the range seen up
+    to and including ``t``; the first ``window * length - 1`` points of a series have none. Every
+    mean is taken over its own ``window`` values (no running sum), so it does not depend on how
+    the series was split into batches. Reads ``state.low``/``state.high`` as they were before
+    ``x`` (call before :func:`range_novelty`).
+    """
+    if state.slow_contexts.size != bins**length:
+        state.slow_contexts = np.zeros(bins**length, dtype=np.bool_)
+    need = window * length - 1
+    high = np.maximum.accumulate(np.concatenate([[state.high], x]))[1:]
+    low = np.minimum.accumulate(np.concatenate([[state.low], x]))[1:]
+    width = high - low
+    width = np.where(width > 0, width, 1.0)
+    values = np.concatenate([state.slow_tail, x])
+    padded = np.concatenate([np.zeros(window - 1), values])  # means of incomplete windows unused
+    means = np.lib.stride_tricks.sliding_window_view(padded, window).mean(axis=1)  # one per value
+    ends = np.arange(x.size) + state.slow_tail.size  # each point's row in ``values``
+    codes = np.zeros(x.size, dtype=np.int64)
+    for lag in range(length):
+        mean = means[np.maximum(ends - lag * window, 0)]
+        binned = np.clip(np.floor(bins * (mean - low) / width), 0, bins - 1).astype(np.int64)
+        codes = codes * bins + binned
+    complete = (state.seen + np.arange(x.size)) >= need
+    first = np.zeros(x.size, dtype=np.bool_)
+    first[np.unique(np.where(complete, codes, -1), return_index=True)[1]] = True  # first in the batch
+    novel: npt.NDArray[np.bool_] = complete & first & ~state.slow_contexts[codes]
+    state.slow_contexts[codes[complete]] = True
+    state.slow_tail = values[max(values.size - need, 0) :].copy()  # not a view of the batch
+    return novel
 
 
 def refractory(z: F64, state: _SeriesState, *, decay: float, margin: float) -> F64:
@@ -187,7 +267,7 @@ def refractory(z: F64, state: _SeriesState, *, decay: float, margin: float) -> F
 
 
 class NoveltyDetector(Detector):
-    """Per-series range novelty and refractory surprise over metric points.
+    """Per-series range novelty, refractory surprise and context novelty over metric points.
 
     Parameters
     ----------
@@ -203,6 +283,9 @@ class NoveltyDetector(Detector):
         Novelty and surprise giving a score of one half (before ``z_weight``).
     z_weight
         Weight of surprise against range novelty.
+    log_surprise
+        Measure the surprise on ``sign(x) log1p(|x|)`` rather than on ``x`` (relative changes;
+        see the module docstring). Bundles written before it existed score on ``x``.
     warmup
         Points of a series before it is scored.
     tolerance
@@ -219,6 +302,10 @@ class NoveltyDetector(Detector):
         of the tuning half of its series only (:func:`otelai.models.tasks.nab.split_series`).
     context_warmup
         Points of a series before context novelty is scored (its early contexts are all new).
+    slow_window, slow_length, slow_half_life
+        Points per moving average and averages per slow context (``slow_window`` 0 turns slow
+        context novelty off), and the half-life of its rate of novel contexts. It shares
+        ``context_bins``, ``context_floor``, ``context_weight`` and ``context_warmup``.
     max_series
         Series remembered; the least recently seen are forgotten beyond it.
     """
@@ -235,6 +322,7 @@ class NoveltyDetector(Detector):
         range_scale: float = 0.05,
         z_scale: float = 10.0,
         z_weight: float = 0.5,
+        log_surprise: bool = True,
         warmup: int = 30,
         tolerance: float = 1e-4,
         context_bins: int = 8,
@@ -243,6 +331,9 @@ class NoveltyDetector(Detector):
         context_floor: float = 1e-4,
         context_weight: float = 0.35,
         context_warmup: int = 300,
+        slow_window: int = 48,
+        slow_length: int = 3,
+        slow_half_life: float = 800.0,
         max_series: int = 100_000,
     ) -> None:
         if half_life < 8 or refractory_half_life < 1 or context_half_life < 8:
@@ -250,6 +341,11 @@ class NoveltyDetector(Detector):
         if context_bins < 1 or context_length < 1 or context_bins**context_length > 1 << 20:
             raise ValueError(
                 "need context_bins, context_length >= 1 and context_bins**context_length <= 2**20"
+            )
+        if slow_window < 0 or slow_length < 1 or slow_half_life < 8 or context_bins**slow_length > 1 << 20:
+            raise ValueError(
+                "need slow_window >= 0, slow_length >= 1, slow_half_life >= 8 and "
+                "context_bins**slow_length <= 2**20"
             )
         if not 0.0 < context_floor < 1.0:
             raise ValueError("need 0 < context_floor < 1")
@@ -261,6 +357,7 @@ class NoveltyDetector(Detector):
         self.range_scale = range_scale
         self.z_scale = z_scale
         self.z_weight = z_weight
+        self.log_surprise = bool(log_surprise)
         self.warmup = warmup
         self.tolerance = tolerance
         self.context_bins = context_bins
@@ -269,6 +366,10 @@ class NoveltyDetector(Detector):
         self.context_floor = context_floor
         self.context_weight = context_weight
         self.context_warmup = context_warmup
+        self.slow_window = int(slow_window)
+        self.slow_length = int(slow_length)
+        self.slow_half_life = slow_half_life
+        self._slow_decay = 0.5 ** (1.0 / slow_half_life)
         self.max_series = max_series
         self._context_decay = 0.5 ** (1.0 / context_half_life)
         self._decay = 0.5 ** (1.0 / half_life)
@@ -285,6 +386,7 @@ class NoveltyDetector(Detector):
             "range_scale": self.range_scale,
             "z_scale": self.z_scale,
             "z_weight": self.z_weight,
+            "log_surprise": self.log_surprise,
             "warmup": self.warmup,
             "tolerance": self.tolerance,
             "context_bins": self.context_bins,
@@ -293,6 +395,9 @@ class NoveltyDetector(Detector):
             "context_floor": self.context_floor,
             "context_weight": self.context_weight,
             "context_warmup": self.context_warmup,
+            "slow_window": self.slow_window,
+            "slow_length": self.slow_length,
+            "slow_half_life": self.slow_half_life,
         }
 
     @classmethod
@@ -300,7 +405,9 @@ class NoveltyDetector(Detector):
         """Build from a bundle entry: the metrics schema's columns and ``spec.params``.
 
         A bundle written before context novelty existed (no ``context_weight``) scores without
-        it, so its threshold keeps its meaning.
+        it, one written before ``log_surprise`` scores the surprise on the raw value and one
+        written before ``slow_window`` has no slow context novelty, so its threshold keeps its
+        meaning.
         """
         model = bundle.signal("metrics")
         if model is None:
@@ -310,8 +417,11 @@ class NoveltyDetector(Detector):
         known = {"half_life", "refractory_half_life", "margin", "range_scale", "z_scale", "z_weight"}
         known |= {"warmup", "tolerance", "max_series", "context_bins", "context_length"}
         known |= {"context_half_life", "context_floor", "context_weight", "context_warmup"}
+        known |= {"log_surprise", "slow_window", "slow_length", "slow_half_life"}
         params = {key: value for key, value in spec.params.items() if key in known}
         params.setdefault("context_weight", 0.0)
+        params.setdefault("log_surprise", False)
+        params.setdefault("slow_window", 0)
         return cls(model.feature_schema.columns, **params)
 
     def learn_many(self, features: FloatArray) -> None:
@@ -359,8 +469,11 @@ class NoveltyDetector(Detector):
             x = x[finite]
             # before range_novelty, which moves the range it reads; off (no state) at weight 0
             context = self._context(x, state) if self.context_weight > 0 else np.zeros(x.size)
+            slow_on = self.context_weight > 0 and self.slow_window > 0
+            slow = self._slow(x, state) if slow_on else np.zeros(x.size)
             novelty = range_novelty(x, state, warmup=self.warmup, tolerance=self.tolerance)
-            surprise = weighted_surprise(x, state, decay=self._decay, warmup=self.warmup)
+            level = signed_log(x) if self.log_surprise else x
+            surprise = weighted_surprise(level, state, decay=self._decay, warmup=self.warmup)
             surge = refractory(surprise, state, decay=self._refractory_decay, margin=self.margin)
             state.seen += x.size
             score[finite] = np.maximum.reduce(
@@ -368,6 +481,7 @@ class NoveltyDetector(Detector):
                     novelty / (novelty + self.range_scale),
                     self.z_weight * surge / (surge + self.z_scale),
                     self.context_weight * context,
+                    self.context_weight * slow,
                 ]
             )
         return score
@@ -377,6 +491,19 @@ class NoveltyDetector(Detector):
         novel = context_novelty(x, state, bins=self.context_bins, length=self.context_length)
         rate = np.maximum(novelty_rate(novel, state, decay=self._context_decay), self.context_floor)
         information = np.log(rate) / math.log(self.context_floor)
+        seen = state.seen + np.arange(x.size)
+        scored: F64 = np.where(novel & (seen >= self.context_warmup), information, 0.0)
+        return scored
+
+    def _slow(self, x: F64, state: _SeriesState) -> F64:
+        """Information of each novel slow context, as :meth:`_context` does for the fine ones."""
+        novel = slow_context_novelty(
+            x, state, window=self.slow_window, bins=self.context_bins, length=self.slow_length
+        )
+        rate, (state.slow_weight, state.slow_sum) = decayed_share(
+            novel, (state.slow_weight, state.slow_sum), decay=self._slow_decay
+        )
+        information = np.log(np.maximum(rate, self.context_floor)) / math.log(self.context_floor)
         seen = state.seen + np.arange(x.size)
         scored: F64 = np.where(novel & (seen >= self.context_warmup), information, 0.0)
         return scored

@@ -48,6 +48,30 @@ def test_a_burst_alarms_at_its_rising_edge_only() -> None:
     assert np.count_nonzero(scores[301:320] > 0.2) <= 3
 
 
+def surprise_only(**params: object) -> NoveltyDetector:
+    return NoveltyDetector(SCHEMA.names, range_scale=1e9, context_weight=0.0, **params)  # type: ignore[arg-type]
+
+
+def test_surprise_is_relative_to_the_level_of_a_heavy_tailed_series() -> None:
+    rng = np.random.default_rng(7)
+    values = np.exp(rng.normal(3.0, 0.5, 2000))  # positive, spread growing with the level
+    values[1500:1520] *= 30.0  # a burst thirty times the usual level
+    logged = surprise_only().score_many(rows(values))
+    raw = surprise_only(log_surprise=False).score_many(rows(values))
+    # On the raw value the ordinary high values of the long tail look like bursts ...
+    assert np.count_nonzero(raw[100:1500] > 0.15) >= 5
+    # ... on its signed log they do not, and the real burst still stands out.
+    assert np.count_nonzero(logged[100:1500] > 0.15) == 0
+    assert logged[1500] > 0.15
+
+
+def test_surprise_on_the_log_handles_negative_and_zero_values() -> None:
+    values = series(8) - 50.0  # crosses zero
+    values[500] = -400.0
+    scores = surprise_only().score_many(rows(values))
+    assert np.isfinite(scores).all() and scores[500] == scores[30:].max() > 0.1
+
+
 def cycle(n: int = 2400, period: int = 40) -> np.ndarray:
     """A clean repeating ramp: after one period every context of it has been seen."""
     return 10.0 + (np.arange(n) % period).astype(np.float64)
@@ -60,12 +84,23 @@ def context_only(**params: float) -> NoveltyDetector:
 def test_a_change_of_shape_inside_the_range_is_a_new_context() -> None:
     values = cycle()
     values[2000:2100] = 30.0  # the ramp stops at a level it always passes: no new extreme
-    scores = context_only().score_many(rows(values))
+    scores = context_only(slow_window=0).score_many(rows(values))
     assert scores[40:2000].max() == 0.0  # after the first ramp, only contexts seen before
     # The flat run is new at once, and (the last new context 2000 points ago) nearly fully rare.
     assert scores[2000:2003].max() > 0.3
     assert np.count_nonzero(scores[2000:2100]) <= 2  # new once, not at every point
     assert ((scores >= 0) & (scores <= 0.35)).all()
+
+
+def test_a_change_of_the_moving_average_is_a_new_slow_context() -> None:
+    values = cycle()
+    values[2000:2100] = 30.0  # the ramp's 48-point average is steady until the ramp stops
+    fine = context_only(slow_window=0).score_many(rows(values))
+    both = context_only(slow_window=48).score_many(rows(values))
+    slow = np.flatnonzero(both != fine)  # points where a new slow context beats the fine ones
+    assert slow.size >= 1
+    assert ((slow >= 2000) & (slow < 2100 + 3 * 48)).all()  # only while the averages move
+    assert ((both >= 0) & (both <= 0.35)).all()
 
 
 def test_new_contexts_are_worth_less_on_a_series_that_keeps_making_them() -> None:
@@ -77,7 +112,7 @@ def test_new_contexts_are_worth_less_on_a_series_that_keeps_making_them() -> Non
     assert scores[300:].max() < 0.5 * regular.max()  # ... each far less informative
 
 
-def test_bundles_without_context_params_score_as_before(tmp_path: pytest.TempPathFactory) -> None:
+def test_bundles_without_new_params_score_as_before(tmp_path: pytest.TempPathFactory) -> None:
     spec = DetectorSpec(name="n", kind="novelty", params={"threshold": 0.3})
     manifest = Manifest(
         name="t",
@@ -85,7 +120,9 @@ def test_bundles_without_context_params_score_as_before(tmp_path: pytest.TempPat
         signals={"metrics": SignalModel(feature_schema=SchemaSpec.of("metrics", SCHEMA), detectors=[spec])},
     )
     bundle = save_bundle(tmp_path, manifest)  # type: ignore[arg-type]
-    assert NoveltyDetector.from_spec(bundle, spec, Serving()).context_weight == 0.0
+    old = NoveltyDetector.from_spec(bundle, spec, Serving())
+    assert old.context_weight == 0.0 and not old.log_surprise  # the surprise on the raw value
+    assert old.slow_window == 0  # no slow contexts
     fresh = DetectorSpec(name="n", kind="novelty", params=NoveltyDetector(SCHEMA.names).params)
     assert NoveltyDetector.from_spec(bundle, fresh, Serving()).params == NoveltyDetector(SCHEMA.names).params
 
@@ -95,15 +132,21 @@ def test_invalid_context_params_are_refused() -> None:
         NoveltyDetector(SCHEMA.names, context_floor=0.0)
     with pytest.raises(ValueError, match="context_bins"):
         NoveltyDetector(SCHEMA.names, context_bins=64, context_length=4)
+    with pytest.raises(ValueError, match="slow_window"):
+        NoveltyDetector(SCHEMA.names, slow_window=-1)
+    with pytest.raises(ValueError, match="slow_length"):
+        NoveltyDetector(SCHEMA.names, context_bins=64, context_length=2, slow_length=4)
 
 
-@pytest.mark.parametrize("size", [1, 7, 256, 1000])
+@pytest.mark.parametrize("size", [1, 7, 47, 256, 1000])
 def test_context_scores_do_not_depend_on_batch_size(size: int) -> None:
     values = np.concatenate([series(6, 700), cycle(300) + 40.0])
     features = rows(values)
-    whole = context_only(context_half_life=50.0).score_many(features)
+    whole = context_only(context_half_life=50.0, slow_window=16).score_many(features)
+    fine = context_only(context_half_life=50.0, slow_window=0).score_many(features)
     assert np.count_nonzero(whole) >= 3  # the test has something to compare
-    detector = context_only(context_half_life=50.0)
+    assert np.count_nonzero(whole != fine) >= 3  # slow contexts included
+    detector = context_only(context_half_life=50.0, slow_window=16)
     parts = np.concatenate([detector.score_many(features[i : i + size]) for i in range(0, 1000, size)])
     assert parts == pytest.approx(whole, abs=1e-6)
 
