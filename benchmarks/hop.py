@@ -127,7 +127,44 @@ def _scoring_counters(hop: hops.RunningHop) -> dict[str, float]:
                     counts[decision] = counts.get(decision, 0.0) + sample.value
             elif sample.name in ("otelai_batch_size_sum", "otelai_batch_size_count"):
                 counts[sample.name] = sample.value
+            elif (
+                sample.name == "otelai_pipeline_latency_seconds_bucket"
+                and sample.labels.get("signal") == "traces"
+            ):
+                counts[f"{PIPELINE_BUCKET}{sample.labels['le']}"] = sample.value
     return counts
+
+
+PIPELINE_BUCKET = "pipeline_le_"
+
+
+def _pipeline_latency(delta: dict[str, float]) -> dict[str, Any]:
+    """The hop's own receipt-to-hand-off latency over a phase (its warm-up included), from the
+    increments of its ``otelai_pipeline_latency_seconds`` histogram (taken out of ``delta``):
+    requests, the share of them over each bucket bound up to 25 ms, and the bucket bounds (ms)
+    holding the median and the p99 (a histogram gives no finer quantile; None past the last)."""
+    buckets = sorted(
+        (float(key.removeprefix(PIPELINE_BUCKET)), delta.pop(key))
+        for key in [key for key in delta if key.startswith(PIPELINE_BUCKET)]
+    )
+    total = buckets[-1][1] if buckets else 0.0
+    if not total:
+        return {}
+
+    def bound_of(q: float) -> float | None:
+        bound = next(bound for bound, count in buckets if count >= q * total)
+        return bound * 1e3 if math.isfinite(bound) else None
+
+    return {
+        "requests": total,
+        "share_over_ms": {
+            f"{bound * 1e3:g}": round(1.0 - count / total, 5)
+            for bound, count in buckets
+            if 0.001 <= bound <= 0.025
+        },
+        "p50_bucket_ms": bound_of(0.5),
+        "p99_bucket_ms": bound_of(0.99),
+    }
 
 
 def _decided(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
@@ -211,6 +248,7 @@ class Bench:
         cores = {name: (cpu1[name] - cpu0[name]) / seconds for name in pids}
         sink_rate = window / seconds
         decided = _decided(decided0, decided1)
+        pipeline = _pipeline_latency(decided)
         batches = {key: decided.pop(key) for key in ("batches", "mean_batch_items") if key in decided}
         scored = sum(value for key, value in decided.items() if key != "fail_open")
         return {
@@ -235,6 +273,7 @@ class Bench:
             "fail_open_share": decided.get("fail_open", 0.0) / max(1.0, sum(decided.values()))
             if decided
             else None,
+            "pipeline": pipeline,
         }
 
     def latency(self, hop: hops.RunningHop, rate_spans: float) -> dict[str, Any]:
@@ -259,6 +298,8 @@ class Bench:
 
         flush_s = self._wait_for_sink(all_arrived, quiet_s=1.0)
         decided1 = _scoring_counters(hop)
+        decided = _decided(decided0, decided1)
+        pipeline = _pipeline_latency(decided)
         markers = ask(self.sink, ("markers",), 30)
         e2e = [arrival - send for _, send, arrival in markers if send >= measured_ns]
         acks = [latency for send, latency in sent["acks"] if send >= measured_ns]
@@ -273,9 +314,9 @@ class Bench:
             "e2e_ms": summary_ms(e2e),
             "ack_ms": summary_ms(acks),
             "max_schedule_lag_ms": sent["max_schedule_lag_ms"],
-            "decisions": {
-                key: round(value, 1) for key, value in sorted(_decided(decided0, decided1).items())
-            },
+            "decisions": {key: round(value, 1) for key, value in sorted(decided.items())},
+            # what the hop itself took, receipt to hand-off to its exporter (its own histogram)
+            "pipeline": pipeline,
             "errors": sent["errors"],
             "flush_wait_s": round(flush_s, 3),
         }
