@@ -74,6 +74,16 @@ _TINY = 1e-300
 
 
 @dataclass(slots=True)
+class _Contexts:
+    """What one scale of context novelty carries between batches for one series."""
+
+    tail: F64 = field(default_factory=lambda: np.zeros(0))  # the values its next contexts reach back to
+    seen: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, dtype=np.bool_))  # by code
+    weight: float = 0.0  # decayed count of points (for the rate of novel contexts)
+    novel: float = 0.0  # decayed count of novel contexts
+
+
+@dataclass(slots=True)
 class _SeriesState:
     """What one series carries between batches."""
 
@@ -85,14 +95,8 @@ class _SeriesState:
     first: float = 0.0  # weighted sum of (x - reference)
     second: float = 0.0  # weighted sum of (x - reference)^2
     peak: float = 0.0  # decayed maximum of past surprises
-    tail: F64 = field(default_factory=lambda: np.zeros(0))  # the last context_length - 1 values
-    contexts: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, dtype=np.bool_))
-    novel_weight: float = 0.0  # decayed count of points (for the rate of novel contexts)
-    novel_sum: float = 0.0  # decayed count of novel contexts
-    slow_tail: F64 = field(default_factory=lambda: np.zeros(0))  # the last slow_window * slow_length - 1
-    slow_contexts: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, dtype=np.bool_))
-    slow_weight: float = 0.0  # decayed count of points (for the rate of novel slow contexts)
-    slow_sum: float = 0.0  # decayed count of novel slow contexts
+    fine: _Contexts = field(default_factory=lambda: _Contexts())  # contexts of values
+    slow: _Contexts = field(default_factory=lambda: _Contexts())  # contexts of moving averages
 
 
 def signed_log(x: F64) -> F64:
@@ -152,35 +156,6 @@ def weighted_surprise(x: F64, state: _SeriesState, *, decay: float, warmup: int)
     return surprise
 
 
-def context_novelty(x: F64, state: _SeriesState, *, bins: int, length: int) -> npt.NDArray[np.bool_]:
-    """Whether each point's context (its last ``length`` values, binned) is new to its series.
-
-    Every value of a context is put in one of ``bins`` equal bins of the range seen up to and
-    including the context's last point; the first ``length - 1`` points of a series have none.
-    Reads ``state.low``/``state.high`` as they were before ``x`` (call before :func:`range_novelty`).
-    """
-    if state.contexts.size != bins**length:
-        state.contexts = np.zeros(bins**length, dtype=np.bool_)
-    high = np.maximum.accumulate(np.concatenate([[state.high], x]))[1:]
-    low = np.minimum.accumulate(np.concatenate([[state.low], x]))[1:]
-    width = high - low
-    width = np.where(width > 0, width, 1.0)
-    values = np.concatenate([state.tail, x])
-    ends = np.arange(x.size) + state.tail.size  # each point's row in ``values``
-    codes = np.zeros(x.size, dtype=np.int64)
-    for lag in range(length):
-        value = values[np.maximum(ends - lag, 0)]
-        binned = np.clip(np.floor(bins * (value - low) / width), 0, bins - 1).astype(np.int64)
-        codes = codes * bins + binned
-    complete = (state.seen + np.arange(x.size)) >= length - 1
-    first = np.zeros(x.size, dtype=np.bool_)
-    first[np.unique(np.where(complete, codes, -1), return_index=True)[1]] = True  # first in the batch
-    novel: npt.NDArray[np.bool_] = complete & first & ~state.contexts[codes]
-    state.contexts[codes[complete]] = True
-    state.tail = values[values.size - (length - 1) :].copy() if length > 1 else values[:0].copy()
-    return novel
-
-
 def decayed_share(
     novel: npt.NDArray[np.bool_], carried: tuple[float, float], *, decay: float
 ) -> tuple[F64, tuple[float, float]]:
@@ -205,48 +180,42 @@ def decayed_share(
     return rate, (carried_weight, carried_sum)
 
 
-def novelty_rate(novel: npt.NDArray[np.bool_], state: _SeriesState, *, decay: float) -> F64:
-    """The exponentially weighted share of novel contexts before each point (0 before any)."""
-    rate, (state.novel_weight, state.novel_sum) = decayed_share(
-        novel, (state.novel_weight, state.novel_sum), decay=decay
-    )
-    return rate
-
-
-def slow_context_novelty(
-    x: F64, state: _SeriesState, *, window: int, bins: int, length: int
+def context_novelty(
+    x: F64, state: _SeriesState, contexts: _Contexts, *, window: int, bins: int, length: int
 ) -> npt.NDArray[np.bool_]:
-    """Whether each point's slow context is new to its series (see the module docstring).
+    """Whether each point's context at one scale is new to its series (see the module docstring).
 
-    The slow context of point ``t`` is the means of ``x[t - lag * window - window + 1 : t - lag *
-    window + 1]`` for ``lag < length``, each put in one of ``bins`` equal bins of the range seen up
-    to and including ``t``; the first ``window * length - 1`` points of a series have none. Every
-    mean is taken over its own ``window`` values (no running sum), so it does not depend on how
-    the series was split into batches. Reads ``state.low``/``state.high`` as they were before
-    ``x`` (call before :func:`range_novelty`).
+    The context of point ``t`` is the means of ``x[t - lag * window - window + 1 : t - lag *
+    window + 1]`` for ``lag < length`` (``window`` 1: its last ``length`` values), each put in one
+    of ``bins`` equal bins of the range seen up to and including ``t``; the first ``window *
+    length - 1`` points of a series have none. Every mean is taken over its own ``window`` values
+    (no running sum), so it does not depend on how the series was split into batches. Reads
+    ``state.low``/``state.high`` as they were before ``x`` (call before :func:`range_novelty`).
     """
-    if state.slow_contexts.size != bins**length:
-        state.slow_contexts = np.zeros(bins**length, dtype=np.bool_)
+    if contexts.seen.size != bins**length:
+        contexts.seen = np.zeros(bins**length, dtype=np.bool_)
     need = window * length - 1
     high = np.maximum.accumulate(np.concatenate([[state.high], x]))[1:]
     low = np.minimum.accumulate(np.concatenate([[state.low], x]))[1:]
     width = high - low
     width = np.where(width > 0, width, 1.0)
-    values = np.concatenate([state.slow_tail, x])
-    padded = np.concatenate([np.zeros(window - 1), values])  # means of incomplete windows unused
-    means = np.lib.stride_tricks.sliding_window_view(padded, window).mean(axis=1)  # one per value
-    ends = np.arange(x.size) + state.slow_tail.size  # each point's row in ``values``
+    values = np.concatenate([contexts.tail, x])
+    if window > 1:
+        padded = np.concatenate([np.zeros(window - 1), values])  # means of incomplete windows unused
+        values = np.lib.stride_tricks.sliding_window_view(padded, window).mean(axis=1)  # one per value
+    ends = np.arange(x.size) + contexts.tail.size  # each point's row in ``values``
     codes = np.zeros(x.size, dtype=np.int64)
     for lag in range(length):
-        mean = means[np.maximum(ends - lag * window, 0)]
-        binned = np.clip(np.floor(bins * (mean - low) / width), 0, bins - 1).astype(np.int64)
+        value = values[np.maximum(ends - lag * window, 0)]
+        binned = np.clip(np.floor(bins * (value - low) / width), 0, bins - 1).astype(np.int64)
         codes = codes * bins + binned
     complete = (state.seen + np.arange(x.size)) >= need
     first = np.zeros(x.size, dtype=np.bool_)
     first[np.unique(np.where(complete, codes, -1), return_index=True)[1]] = True  # first in the batch
-    novel: npt.NDArray[np.bool_] = complete & first & ~state.slow_contexts[codes]
-    state.slow_contexts[codes[complete]] = True
-    state.slow_tail = values[max(values.size - need, 0) :].copy()  # not a view of the batch
+    novel: npt.NDArray[np.bool_] = complete & first & ~contexts.seen[codes]
+    contexts.seen[codes[complete]] = True
+    raw = np.concatenate([contexts.tail, x])
+    contexts.tail = raw[max(raw.size - need, 0) :].copy()  # not a view of the batch
     return novel
 
 
@@ -468,9 +437,20 @@ class NoveltyDetector(Detector):
         if finite.any():
             x = x[finite]
             # before range_novelty, which moves the range it reads; off (no state) at weight 0
-            context = self._context(x, state) if self.context_weight > 0 else np.zeros(x.size)
-            slow_on = self.context_weight > 0 and self.slow_window > 0
-            slow = self._slow(x, state) if slow_on else np.zeros(x.size)
+            context = slow = np.zeros(x.size)
+            if self.context_weight > 0:
+                context = self._information(
+                    x, state, state.fine, window=1, length=self.context_length, decay=self._context_decay
+                )
+                if self.slow_window > 0:
+                    slow = self._information(
+                        x,
+                        state,
+                        state.slow,
+                        window=self.slow_window,
+                        length=self.slow_length,
+                        decay=self._slow_decay,
+                    )
             novelty = range_novelty(x, state, warmup=self.warmup, tolerance=self.tolerance)
             level = signed_log(x) if self.log_surprise else x
             surprise = weighted_surprise(level, state, decay=self._decay, warmup=self.warmup)
@@ -486,22 +466,14 @@ class NoveltyDetector(Detector):
             )
         return score
 
-    def _context(self, x: F64, state: _SeriesState) -> F64:
-        """Information of each novel context, ``log(rate) / log(floor)`` in [0, 1]; 0 elsewhere."""
-        novel = context_novelty(x, state, bins=self.context_bins, length=self.context_length)
-        rate = np.maximum(novelty_rate(novel, state, decay=self._context_decay), self.context_floor)
-        information = np.log(rate) / math.log(self.context_floor)
-        seen = state.seen + np.arange(x.size)
-        scored: F64 = np.where(novel & (seen >= self.context_warmup), information, 0.0)
-        return scored
-
-    def _slow(self, x: F64, state: _SeriesState) -> F64:
-        """Information of each novel slow context, as :meth:`_context` does for the fine ones."""
-        novel = slow_context_novelty(
-            x, state, window=self.slow_window, bins=self.context_bins, length=self.slow_length
-        )
-        rate, (state.slow_weight, state.slow_sum) = decayed_share(
-            novel, (state.slow_weight, state.slow_sum), decay=self._slow_decay
+    def _information(
+        self, x: F64, state: _SeriesState, contexts: _Contexts, *, window: int, length: int, decay: float
+    ) -> F64:
+        """Information of each novel context at one scale, ``log(rate) / log(floor)`` in [0, 1]
+        against the series' decayed rate of novel contexts at that scale; 0 elsewhere."""
+        novel = context_novelty(x, state, contexts, window=window, bins=self.context_bins, length=length)
+        rate, (contexts.weight, contexts.novel) = decayed_share(
+            novel, (contexts.weight, contexts.novel), decay=decay
         )
         information = np.log(np.maximum(rate, self.context_floor)) / math.log(self.context_floor)
         seen = state.seen + np.arange(x.size)
