@@ -66,6 +66,11 @@ REPLY_TIMEOUT = 30.0
 # Batches in the worker at once: the next one waits in its socket while it scores one, so it
 # never idles between batches waiting for this process to answer and send.
 DEPTH = 2
+# Longest the counts of what the worker learned from a batch wait for the next reply to ride
+# on before they are sent alone. A frame of their own costs the event loop a wake-up, a read
+# and a dispatch per batch, in the middle of receiving the next requests; under steady traffic
+# the next request comes well within this, and between bursts /metrics is this much behind.
+UPDATE_DELAY = 0.05
 RESTART_BACKOFF = (1.0, 30.0)  # first and longest wait between restarts, seconds
 _HEADER = struct.Struct("!Q")
 # The shared window a batch's requests are written to: the largest batches (max_batch_size
@@ -437,15 +442,16 @@ def _answer(
                 processor.settle()
             except Exception:
                 log.exception("learning from a forwarded batch failed; its lessons are skipped")
-            # The counts of what was learned ride on the next reply; with no request waiting,
-            # they are sent now (a service between bursts must not show stale counters).
-            if (metrics.ops or actions.alerts or actions.mitigations) and not _readable(sock):
+            # The counts of what was learned ride on the next reply; with no request within
+            # UPDATE_DELAY, they are sent alone (a service between bursts must not show stale
+            # counters).
+            if (metrics.ops or actions.alerts or actions.mitigations) and not _readable(sock, UPDATE_DELAY):
                 _send_blocking(sock, ("update", [], *updates()))
 
 
-def _readable(sock: socket.socket) -> bool:
-    """Whether a request is already waiting on ``sock``."""
-    return bool(select.select([sock], [], [], 0)[0])
+def _readable(sock: socket.socket, timeout: float = 0.0) -> bool:
+    """Whether a request is waiting on ``sock``, or comes within ``timeout`` seconds."""
+    return bool(select.select([sock], [], [], timeout)[0])
 
 
 def _backend(processors: dict[Signal, Any]) -> str:
@@ -581,11 +587,13 @@ class WorkerProcess:
     async def result(self, reply: asyncio.Future[tuple[Any, ...]]) -> list[Payload]:
         """The payloads of a reply from :meth:`submit`; its metric updates and actions are
         applied here. Raises :class:`WorkerUnavailable` or ``RuntimeError``."""
+        # The reply itself is awaited, with a timer beside it (not wait_for over a shield: each
+        # of those is another turn of the event loop between the reply and this task).
+        timer = asyncio.get_running_loop().call_later(REPLY_TIMEOUT, self._timed_out, reply)
         try:
-            message = await asyncio.wait_for(asyncio.shield(reply), REPLY_TIMEOUT)
-        except TimeoutError as exc:
-            self._lost(exc)
-            raise WorkerUnavailable(f"the scoring worker did not answer in {REPLY_TIMEOUT:.0f}s") from exc
+            message = await reply
+        finally:
+            timer.cancel()
         status, result = message[0], message[1]
         self._apply(message)
         if status != "ok":
@@ -602,6 +610,14 @@ class WorkerProcess:
         if self._mitigation is not None:
             for alert in mitigations:
                 self._mitigation.trigger(alert)
+
+    def _timed_out(self, reply: asyncio.Future[tuple[Any, ...]]) -> None:
+        """A reply did not come in :data:`REPLY_TIMEOUT`: the worker is stuck, and replaced."""
+        if reply.done():
+            return
+        exc = TimeoutError(f"no reply in {REPLY_TIMEOUT:.0f}s")
+        reply.set_exception(WorkerUnavailable(f"the scoring worker did not answer in {REPLY_TIMEOUT:.0f}s"))
+        self._lost(exc)
 
     async def _read_replies(self, reader: asyncio.StreamReader) -> None:
         """Replies come in the order of the requests: each resolves the oldest waiting one."""

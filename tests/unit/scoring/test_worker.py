@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
+import threading
 import time
 from typing import Any
 
@@ -18,6 +20,7 @@ from otelai.decision.actions import Alert
 from otelai.decision.tagging import SELECTION_REASON
 from otelai.models.serving import load_configured_bundle
 from otelai.pipeline import Admission, Payload, Pipeline
+from otelai.scoring import worker as worker_module
 from otelai.scoring.build import Scoring, build_processors, summaries_of
 from otelai.scoring.worker import (
     RecordedActions,
@@ -25,6 +28,7 @@ from otelai.scoring.worker import (
     RemoteProcessor,
     SharedWindow,
     WorkerProcess,
+    WorkerUnavailable,
     apply_metric_ops,
     usable_cpus,
     use_worker,
@@ -323,3 +327,90 @@ def _decided(registry: CollectorRegistry, signal: str) -> float:
         for s in family.samples
         if s.name.endswith("_total") and s.labels["signal"] == signal
     )
+
+
+class _Learner:
+    """A processor that forwards nothing and counts each batch when it learns from it."""
+
+    signal = Signal.TRACES
+
+    def __init__(self, metrics: RecordingMetrics) -> None:
+        self._metrics = metrics
+        self._pending = 0
+
+    def process(self, payloads: list[Payload]) -> list[Payload]:
+        self._pending += sum(p.items for p in payloads)
+        return []
+
+    def settle(self) -> None:
+        if self._pending:
+            self._metrics.selection_items.labels("traces", "dropped").inc(self._pending)
+        self._pending = 0
+
+    def tick(self, now_ns: int) -> list[Payload]:
+        return []
+
+
+def test_counts_ride_on_the_next_reply_when_it_comes_soon(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Under steady traffic the counts of what the worker learned from a batch go with the next
+    # reply, not in a frame of their own: each frame costs the service's event loop a wake-up
+    # and a read in the middle of receiving requests. Alone only when no request comes.
+    monkeypatch.setattr(worker_module, "UPDATE_DELAY", 5.0)
+    ours, theirs = socket.socketpair()
+    window = SharedWindow(1 << 16)
+    metrics, actions = RecordingMetrics(), RecordedActions()
+    processors: dict[Signal, Any] = {Signal.TRACES: _Learner(metrics)}
+    thread = threading.Thread(
+        target=worker_module._answer, args=(theirs, window, processors, metrics, actions)
+    )
+    thread.start()
+    try:
+
+        def send(items: int) -> None:
+            worker_module._send_blocking(
+                ours, ("process", "traces", window.put([Payload(Signal.TRACES, b"x" * 10, items)]))
+            )
+
+        send(3)
+        first = worker_module._recv_blocking(ours)
+        assert first is not None and first[0] == "ok" and first[2] == []  # learned after replying
+        time.sleep(0.05)  # it has learned from the first batch by now; nothing else is waiting
+        send(4)
+        second = worker_module._recv_blocking(ours)
+        assert second is not None and second[0] == "ok"  # not an "update" of its own
+        assert [op[3:] for op in second[2]] == [("inc", 3.0)]
+        worker_module._send_blocking(ours, ("stop", "traces", None))
+        stopped = worker_module._recv_blocking(ours)
+        assert stopped is not None and stopped[0] == "stopped"
+        assert [op[3:] for op in stopped[2]] == [("inc", 4.0)]
+    finally:
+        thread.join(10)
+        ours.close()
+        theirs.close()
+        window.close()
+
+
+async def test_a_worker_that_does_not_answer_fails_the_batch_and_is_replaced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = load_config(text="scoring: {signals: [traces], model: {enabled: false}}")
+    worker = WorkerProcess(config, Metrics(CollectorRegistry()), RecordedActions(), None)
+    await worker.start()
+    try:
+        requests = list(per_service(Workload(2).traces(5)))
+        batch = [Payload(Signal.TRACES, r.SerializeToString(), span_count([r])) for r in requests]
+        # A reply whose awaiting task is cancelled does not put later replies out of step.
+        waiting = asyncio.create_task(worker.result(await worker.submit("process", Signal.TRACES, batch)))
+        await asyncio.sleep(0)
+        waiting.cancel()
+        assert isinstance(await worker.process(Signal.TRACES, batch), list)
+        monkeypatch.setattr(worker_module, "REPLY_TIMEOUT", 0.5)
+        process = worker._process
+        assert process is not None
+        os.kill(process.pid, signal.SIGSTOP)  # stuck: alive, silent
+        with pytest.raises(WorkerUnavailable, match="did not answer"):
+            await worker.process(Signal.TRACES, batch)
+        assert not worker.alive  # killed; started again in the background
+        assert await asyncio.wait_for(process.wait(), 10) == -signal.SIGKILL
+    finally:
+        await worker.stop()
