@@ -7,7 +7,7 @@ import pytest
 
 from otelai.detectors.novelty import NoveltyDetector, decode_slog
 from otelai.detectors.registry import Serving
-from otelai.models.bundle import DetectorSpec, Manifest, SchemaSpec, SignalModel, save_bundle
+from otelai.models.bundle import Bundle, DetectorSpec, Manifest, SchemaSpec, SignalModel, save_bundle
 from otelai.scoring.metrics import SCHEMA
 
 VALUE = SCHEMA.index("value_slog")
@@ -112,14 +112,19 @@ def test_new_contexts_are_worth_less_on_a_series_that_keeps_making_them() -> Non
     assert scores[300:].max() < 0.5 * regular.max()  # ... each far less informative
 
 
-def test_bundles_without_new_params_score_as_before(tmp_path: pytest.TempPathFactory) -> None:
-    spec = DetectorSpec(name="n", kind="novelty", params={"threshold": 0.3})
+def bundle_with(path: pytest.TempPathFactory, spec: DetectorSpec) -> Bundle:
+    """A metrics bundle in ``path`` holding the detector ``spec``."""
     manifest = Manifest(
         name="t",
         version="1",
         signals={"metrics": SignalModel(feature_schema=SchemaSpec.of("metrics", SCHEMA), detectors=[spec])},
     )
-    bundle = save_bundle(tmp_path, manifest)  # type: ignore[arg-type]
+    return save_bundle(path, manifest)  # type: ignore[arg-type]
+
+
+def test_bundles_without_new_params_score_as_before(tmp_path: pytest.TempPathFactory) -> None:
+    spec = DetectorSpec(name="n", kind="novelty", params={"threshold": 0.3})
+    bundle = bundle_with(tmp_path, spec)
     old = NoveltyDetector.from_spec(bundle, spec, Serving())
     assert old.context_weight == 0.0 and not old.log_surprise  # the surprise on the raw value
     assert old.slow_window == 0  # no slow contexts
@@ -184,11 +189,6 @@ def test_forgets_least_recently_seen_series() -> None:
 
 def test_from_spec_reads_params_and_schema(tmp_path: pytest.TempPathFactory) -> None:
     spec = DetectorSpec(name="n", kind="novelty", params={"half_life": 200.0, "threshold": 0.3})
-    manifest = Manifest(
-        name="t",
-        version="1",
-        signals={"metrics": SignalModel(feature_schema=SchemaSpec.of("metrics", SCHEMA), detectors=[spec])},
-    )
-    bundle = save_bundle(tmp_path, manifest)  # type: ignore[arg-type]
+    bundle = bundle_with(tmp_path, spec)
     detector = NoveltyDetector.from_spec(bundle, spec, Serving())
     assert detector.half_life == 200.0 and detector.columns == SCHEMA.names
