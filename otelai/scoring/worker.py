@@ -496,11 +496,9 @@ class WorkerProcess:
         self._mitigation = mitigation
         self.backend = "none"
         self._process: asyncio.subprocess.Process | None = None
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
+        self._connection: _Connection | None = None
         self._send_lock = asyncio.Lock()
         self._waiting: collections.deque[asyncio.Future[tuple[Any, ...]]] = collections.deque()
-        self._replies: asyncio.Task[None] | None = None
         # Per request sent and not answered, in order: whether it took a stretch of the window.
         self._windowed: collections.deque[bool] = collections.deque()
         self._restart: asyncio.Task[None] | None = None
@@ -510,7 +508,7 @@ class WorkerProcess:
 
     @property
     def alive(self) -> bool:
-        return self._writer is not None
+        return self._connection is not None
 
     async def start(self) -> None:
         """Start the worker and wait until its processors are built.
@@ -529,27 +527,27 @@ class WorkerProcess:
             *command, str(window.size), pass_fds=[theirs.fileno(), window.fd]
         )
         theirs.close()
-        reader, writer = await asyncio.open_connection(sock=ours)
+        loop = asyncio.get_running_loop()
+        first: asyncio.Future[tuple[Any, ...]] = loop.create_future()
+        _, connection = await loop.create_connection(lambda: _Connection(self, first), sock=ours)
         try:
-            writer.writelines(_frame(("config", self.config)))
-            await writer.drain()
-            first = await asyncio.wait_for(_read(reader), STARTUP_TIMEOUT)
-        except (TimeoutError, OSError, asyncio.IncompleteReadError) as exc:
-            writer.close()
+            await connection.send(("config", self.config))
+            message = await asyncio.wait_for(first, STARTUP_TIMEOUT)
+        except (TimeoutError, OSError, EOFError) as exc:
+            connection.close()
             window.close()
             _kill(process)
             await _reap(process)
             raise RuntimeError(f"the scoring worker did not start: {exc!r}") from exc
-        if first[0] != "ready":
-            writer.close()
+        if message[0] != "ready":
+            connection.close()
             window.close()
             await _reap(process)
-            raise RuntimeError(f"the scoring worker could not start: {first[1]}")
-        self.backend = first[1]
-        apply_metric_ops(self._metrics, first[2])
-        self._process, self._reader, self._writer, self._window = process, reader, writer, window
+            raise RuntimeError(f"the scoring worker could not start: {message[1]}")
+        self.backend = message[1]
+        apply_metric_ops(self._metrics, message[2])
+        self._process, self._connection, self._window = process, connection, window
         self._windowed.clear()
-        self._replies = asyncio.create_task(self._read_replies(reader), name="otelai-scoring-replies")
         log.info("scoring worker started", extra={"pid": process.pid, "backend": self.backend})
 
     async def process(self, signal: Signal, payloads: Sequence[Payload]) -> list[Payload]:
@@ -566,8 +564,8 @@ class WorkerProcess:
         the worker at once, so that it starts the next batch as soon as it has answered one.
         Raises :class:`WorkerUnavailable`."""
         async with self._send_lock:
-            writer, window = self._writer, self._window
-            if writer is None or window is None:
+            connection, window = self._connection, self._window
+            if connection is None or window is None:
                 raise WorkerUnavailable("the scoring worker is not running")
             if kind == "process":
                 # A stretch of the window per batch, given back with its reply (read then).
@@ -578,8 +576,7 @@ class WorkerProcess:
             reply: asyncio.Future[tuple[Any, ...]] = asyncio.get_running_loop().create_future()
             self._waiting.append(reply)
             try:
-                writer.writelines(_frame((kind, signal.value, argument)))
-                await writer.drain()
+                await connection.send((kind, signal.value, argument))
             except OSError as exc:
                 self._lost(exc)
         return reply
@@ -619,28 +616,30 @@ class WorkerProcess:
         reply.set_exception(WorkerUnavailable(f"the scoring worker did not answer in {REPLY_TIMEOUT:.0f}s"))
         self._lost(exc)
 
-    async def _read_replies(self, reader: asyncio.StreamReader) -> None:
-        """Replies come in the order of the requests: each resolves the oldest waiting one."""
-        try:
-            while True:
-                message = await _read(reader)
-                if message[0] == "update":  # not a reply: what the worker learned since its last
-                    self._apply(message)
-                    continue
-                if self._waiting:
-                    waiting = self._waiting.popleft()
-                    if self._windowed.popleft() and self._window is not None:
-                        self._window.release()  # the worker has copied that batch out
-                    if not waiting.done():
-                        waiting.set_result(message)
-                if message[0] == "stopped":
-                    return
-        except (OSError, asyncio.IncompleteReadError, EOFError) as exc:
-            if reader is self._reader:
-                self._lost(exc)
+    def _received(self, connection: _Connection, message: tuple[Any, ...]) -> None:
+        """A frame from the worker, as it is read (:class:`_Connection`). Replies come in the
+        order of the requests: each resolves the oldest waiting one, whose task then wakes."""
+        if connection is not self._connection:
+            return  # from a connection already given up
+        if message[0] == "update":  # not a reply: what the worker learned since its last
+            self._apply(message)
+            return
+        if self._waiting:
+            waiting = self._waiting.popleft()
+            if self._windowed.popleft() and self._window is not None:
+                self._window.release()  # the worker has copied that batch out
+            if not waiting.done():
+                waiting.set_result(message)
+        if message[0] == "stopped":
+            connection.finished = True  # its end of the socket is not a loss
+
+    def _closed(self, connection: _Connection, exc: BaseException) -> None:
+        """The worker's end of the socket closed, or reading from it failed."""
+        if connection is self._connection and not connection.finished:
+            self._lost(exc)
 
     def _lost(self, exc: BaseException) -> None:
-        if self._writer is None:
+        if self._connection is None:
             return  # already handled
         if not self._stopping:
             log.error(
@@ -660,11 +659,11 @@ class WorkerProcess:
             self._restart = asyncio.create_task(self._restart_loop(), name="otelai-scoring-restart")
 
     def _drop_connection(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
+        if self._connection is not None:
+            self._connection.close()
         if self._window is not None:
             self._window.close()
-        self._reader = self._writer = None
+        self._connection = None
         self._window = None
 
     async def _restart_loop(self) -> None:
@@ -687,13 +686,10 @@ class WorkerProcess:
             self._restart.cancel()
             await asyncio.gather(self._restart, return_exceptions=True)
         process = self._process
-        if self._writer is not None:
+        if self._connection is not None:
             with contextlib.suppress(WorkerUnavailable, TimeoutError):
                 stopped = await self.submit("stop", Signal.TRACES, None)
                 self._apply(await asyncio.wait_for(asyncio.shield(stopped), REPLY_TIMEOUT))
-        if self._replies is not None:
-            self._replies.cancel()
-            await asyncio.gather(self._replies, return_exceptions=True)
         self._drop_connection()
         if process is not None:
             await _reap(process)
@@ -714,11 +710,103 @@ def _kill(process: asyncio.subprocess.Process) -> None:
         process.kill()
 
 
-async def _read(reader: asyncio.StreamReader) -> tuple[Any, ...]:
-    header = await reader.readexactly(_HEADER.size)
-    body = await reader.readexactly(_HEADER.unpack(header)[0])
-    message: tuple[Any, ...] = pickle.loads(body)
-    return message
+class _Connection(asyncio.Protocol):
+    """The service process's end of the socket to the worker.
+
+    Frames are parsed as their bytes arrive (:meth:`data_received`, called by the event loop
+    when the socket is readable) and handed straight to :meth:`WorkerProcess._received`, which
+    resolves the future of the reply: the task awaiting it is the next to run. With a
+    ``StreamReader``, a task of its own had to wake to read each frame and only then resolve
+    that future, one more turn of the loop per reply, in the middle of receiving requests.
+
+    Until the worker's first frame (``ready``, or why it could not start) has come, frames
+    resolve ``first`` instead. Writes wait while the socket's buffer is full (:meth:`send`).
+    """
+
+    def __init__(self, worker: WorkerProcess, first: asyncio.Future[tuple[Any, ...]]) -> None:
+        self._worker = worker
+        self._first = first
+        self._buffer = bytearray()
+        self._transport: asyncio.Transport | None = None
+        self._paused = False
+        self._drained: asyncio.Future[None] | None = None
+        self._gone: BaseException | None = None
+        self.finished = False  # the worker said it stopped: its EOF is expected
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        start = 0
+        size = len(buffer)
+        header = _HEADER.size
+        while size - start >= header:
+            length: int = _HEADER.unpack_from(buffer, start)[0]
+            end = start + header + length
+            if end > size:
+                break
+            message: tuple[Any, ...] = pickle.loads(memoryview(buffer)[start + header : end])
+            start = end
+            if not self._first.done():
+                self._first.set_result(message)
+            else:
+                self._worker._received(self, message)
+        if start:
+            del buffer[:start]
+
+    def eof_received(self) -> bool:
+        self._end(EOFError("the scoring worker closed its socket"))
+        return False  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._end(exc or EOFError("the connection to the scoring worker closed"))
+
+    def _end(self, exc: BaseException) -> None:
+        if self._gone is not None:
+            return
+        self._gone = exc
+        if not self._first.done():
+            self._first.set_exception(exc)
+            self._first.exception()  # retrieved: start() may have stopped waiting
+        self._wake_writer()
+        self._worker._closed(self, exc)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self._wake_writer()
+
+    def _wake_writer(self) -> None:
+        drained, self._drained = self._drained, None
+        if drained is not None and not drained.done():
+            drained.set_result(None)
+
+    async def send(self, message: tuple[Any, ...]) -> None:
+        """Write one frame; return once the socket's buffer has room again.
+
+        Raises
+        ------
+        OSError
+            The connection is closed.
+        """
+        transport = self._transport
+        if transport is None or self._gone is not None or transport.is_closing():
+            raise ConnectionResetError("the connection to the scoring worker is closed")
+        transport.writelines(_frame(message))
+        while self._paused and self._gone is None:
+            if self._drained is None:
+                self._drained = asyncio.get_running_loop().create_future()
+            await self._drained
+        if self._gone is not None:
+            raise ConnectionResetError(f"the connection to the scoring worker closed: {self._gone!r}")
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
 
 
 _FAIL_OPEN_SUFFIX = {

@@ -414,3 +414,115 @@ async def test_a_worker_that_does_not_answer_fails_the_batch_and_is_replaced(
         assert await asyncio.wait_for(process.wait(), 10) == -signal.SIGKILL
     finally:
         await worker.stop()
+
+
+class _FakeProcess:
+    """Stands in for the worker's process: the test answers on the socket itself."""
+
+    pid = 0
+    returncode: int | None = None
+
+    def kill(self) -> None:
+        self.returncode = -9
+
+    async def wait(self) -> int:
+        return self.returncode or 0
+
+
+async def _with_fake_worker(monkeypatch: pytest.MonkeyPatch) -> tuple[WorkerProcess, socket.socket]:
+    """A started :class:`WorkerProcess` whose worker is the returned socket (blocking)."""
+    ends: list[socket.socket] = []
+
+    async def spawn(*command: Any, pass_fds: Any = (), **_: Any) -> _FakeProcess:
+        ends.append(socket.socket(fileno=os.dup(int(command[3]))))  # theirs, closed by start()
+        worker_module._send_blocking(ends[0], ("ready", "fake", []))
+        return _FakeProcess()
+
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", spawn)
+    config = load_config(text="scoring: {signals: [traces], model: {enabled: false}}")
+    worker = WorkerProcess(
+        config, Metrics(CollectorRegistry()), RecordedActions(), None, window_bytes=1 << 16
+    )
+    await worker.start()
+    theirs = ends[0]
+    theirs.setblocking(True)
+    first = worker_module._recv_blocking(theirs)
+    assert first is not None and first[0] == "config"
+    return worker, theirs
+
+
+async def _stop_fake_worker(worker: WorkerProcess, theirs: socket.socket) -> None:
+    """Stop ``worker``, answering its ``stop`` as the worker does (if it is still connected)."""
+
+    def answer() -> None:
+        if worker_module._recv_blocking(theirs) is not None:
+            worker_module._send_blocking(theirs, ("stopped", [], [], [], [], "fake"))
+
+    thread = threading.Thread(target=answer) if worker.alive else None
+    if thread is not None:
+        thread.start()
+    await worker.stop()
+    if thread is not None:
+        thread.join(10)
+    theirs.close()
+
+
+async def test_a_reply_wakes_its_waiter_in_the_turn_it_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The frame is parsed as the socket's bytes are read, and resolves the reply's future right
+    # there: one turn of the event loop to read it, none more for a reader task to wake and
+    # parse it (each is a wake-up in the middle of receiving requests).
+    worker, theirs = await _with_fake_worker(monkeypatch)
+    try:
+        reply = await worker.submit("process", Signal.TRACES, [Payload(Signal.TRACES, b"x" * 10, 1)])
+        request = worker_module._recv_blocking(theirs)
+        assert request is not None and request[0] == "process"
+        worker_module._send_blocking(theirs, ("ok", [], [], [], [], "fake"))  # in the socket now
+        turns = 0
+        while not reply.done():
+            await asyncio.sleep(0)
+            turns += 1
+            assert turns < 10
+        assert turns <= 2  # this task's own turn, then the one that reads the socket
+        assert await worker.result(reply) == []
+    finally:
+        await _stop_fake_worker(worker, theirs)
+
+
+async def test_frames_cut_or_run_together_are_read_in_order_and_eof_fails_open(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    worker, theirs = await _with_fake_worker(monkeypatch)
+    registry_metrics = worker._metrics
+    try:
+        batch = [Payload(Signal.TRACES, b"x" * 10, 1)]
+        first = await worker.submit("process", Signal.TRACES, batch)
+        second = await worker.submit("process", Signal.TRACES, batch)
+        third = await worker.submit("process", Signal.TRACES, batch)
+        for _ in range(3):
+            assert worker_module._recv_blocking(theirs) is not None
+        kept = Payload(Signal.TRACES, b"kept", 1)
+        op = ("selection_items", ("traces", "kept"), False, "inc", 5.0)
+        frames = b"".join(
+            b"".join(worker_module._frame(message))
+            for message in (
+                ("update", [], [op], [], [], "fake"),  # not a reply: only applied
+                ("ok", worker_module._wire([kept]), [], [], [], "fake"),
+                ("ok", [], [], [], [], "fake"),
+            )
+        )
+        cut = len(frames) - 3  # the last frame arrives in two pieces
+        theirs.sendall(frames[:cut])
+        assert [p.data for p in await worker.result(first)] == [b"kept"]
+        await asyncio.sleep(0.05)
+        assert not second.done()
+        theirs.sendall(frames[cut:])
+        assert await worker.result(second) == []
+        await asyncio.sleep(0.05)
+        assert not third.done()
+        assert registry_metrics.selection_items.labels("traces", "kept")._value.get() == 5.0
+        theirs.shutdown(socket.SHUT_WR)  # the worker is gone before answering the third
+        with pytest.raises(WorkerUnavailable, match="stopped answering"):
+            await worker.result(third)
+        assert not worker.alive
+    finally:
+        await _stop_fake_worker(worker, theirs)
