@@ -359,7 +359,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     first = _recv_blocking(sock)
     if first is None or first[0] != "config":
         return 2
-    serve(sock, first[1], window)
+    try:
+        serve(sock, first[1], window)
+    except (BrokenPipeError, ConnectionResetError):
+        # The service is gone (it was stopped while this process started, or killed while it
+        # answered): nothing is left to answer to, which is not an error of this process.
+        log.info("the service closed the scoring worker's socket; stopping")
     return 0
 
 

@@ -6,6 +6,8 @@ import asyncio
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -526,3 +528,27 @@ async def test_frames_cut_or_run_together_are_read_in_order_and_eof_fails_open(
         assert not worker.alive
     finally:
         await _stop_fake_worker(worker, theirs)
+
+
+def test_a_worker_whose_service_is_gone_before_it_is_ready_exits_quietly() -> None:
+    # The service stopped (or was killed) while the worker was still building its processors:
+    # the worker's "ready" finds the socket closed, and it exits 0 without a traceback.
+    ours, theirs = socket.socketpair()
+    window = SharedWindow(1 << 16)
+    try:
+        command = [sys.executable, "-m", "otelai.scoring.worker", str(theirs.fileno()), str(window.fd)]
+        process = subprocess.Popen(
+            [*command, str(window.size)],
+            pass_fds=[theirs.fileno(), window.fd],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        theirs.close()
+        header, body = worker_module._frame(("config", make_config()))
+        ours.sendall(header + body)
+        ours.close()
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        window.close()
+    assert process.returncode == 0, stderr
+    assert "Traceback" not in stderr
