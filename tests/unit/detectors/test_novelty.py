@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from otelai.detectors.novelty import NoveltyDetector, decode_slog
+from otelai.detectors.novelty import (
+    NoveltyDetector,
+    _Forecast,
+    decayed_sums,
+    decode_slog,
+    forecast_surprise,
+)
 from otelai.detectors.registry import Serving
 from otelai.models.bundle import Bundle, DetectorSpec, Manifest, SchemaSpec, SignalModel, save_bundle
 from otelai.scoring.metrics import SCHEMA
@@ -42,13 +48,14 @@ def test_spike_scores_far_above_normal_points() -> None:
 def test_a_burst_alarms_at_its_rising_edge_only() -> None:
     values = series(1)
     values[300:320] += 30.0  # a surge that lasts 20 points
-    surprise_only = NoveltyDetector(SCHEMA.names, range_scale=1e9, context_weight=0.0)
+    surprise_only = NoveltyDetector(SCHEMA.names, range_scale=1e9, context_weight=0.0, forecast_weight=0.0)
     scores = surprise_only.score_many(rows(values))
     assert scores[300] > 0.2
     assert np.count_nonzero(scores[301:320] > 0.2) <= 3
 
 
 def surprise_only(**params: object) -> NoveltyDetector:
+    params = {"forecast_weight": 0.0} | params
     return NoveltyDetector(SCHEMA.names, range_scale=1e9, context_weight=0.0, **params)  # type: ignore[arg-type]
 
 
@@ -78,7 +85,82 @@ def cycle(n: int = 2400, period: int = 40) -> np.ndarray:
 
 
 def context_only(**params: float) -> NoveltyDetector:
+    params = {"forecast_weight": 0.0} | params
     return NoveltyDetector(SCHEMA.names, range_scale=1e9, z_weight=0.0, **params)  # type: ignore[arg-type]
+
+
+def forecast_only(**params: float) -> NoveltyDetector:
+    return NoveltyDetector(
+        SCHEMA.names,
+        range_scale=1e9,
+        z_weight=0.0,
+        context_weight=0.0,
+        **params,  # type: ignore[arg-type]
+    )
+
+
+def smooth(n: int = 3000) -> np.ndarray:
+    """A steady level with little noise (each step well predicted by the last few), after an
+    early swing that makes its range 100 wide."""
+    rng = np.random.default_rng(9)
+    values = 100.0 + 0.2 * rng.standard_normal(n)
+    values[40:80] = 100.0 + 50.0 * np.sin(np.arange(40) * np.pi / 20.0)
+    return values
+
+
+def test_decayed_sums_match_a_direct_sum_whatever_the_chunk() -> None:
+    rng = np.random.default_rng(4)
+    values, counted = rng.standard_normal(300), (rng.random(300) < 0.7).astype(np.float64)
+    decay = 0.9
+    t = np.arange(300)
+    for chunk in (1, 7, 300):
+        weight, total, (after_weight, after_total) = decayed_sums(
+            values, counted, (2.0, 3.0), decay=decay, chunk=chunk
+        )
+        for i in (0, 1, 150, 299):
+            powers = decay ** (i - t[:i])  # point j < i, i - j steps old
+            assert weight[i] == pytest.approx(2.0 * decay**i + (counted[:i] * powers).sum())
+            assert total[i] == pytest.approx(3.0 * decay**i + (counted[:i] * values[:i] * powers).sum())
+        powers = decay ** (300 - t)
+        assert after_weight == pytest.approx(2.0 * decay**300 + (counted * powers).sum())
+        assert after_total == pytest.approx(3.0 * decay**300 + (counted * values * powers).sum())
+
+
+def test_forecast_surprise_is_the_standardised_smoothing_error() -> None:
+    x = np.log1p(series(3, 400))  # noise well above the scale's floor (1e-3 of the level)
+    state = _Forecast()
+    got = forecast_surprise(x, state, decay=0.8, error_decay=0.95)
+    # Direct: forecast = decayed mean of earlier values; scale = root decayed mean of earlier
+    # squared errors (errors from point 1 on, the first point has no forecast).
+    for i in (1, 2, 100, 399):
+        forecast = np.average(x[:i], weights=0.8 ** (i - np.arange(i)))
+        errors_before = np.array(
+            [x[j] - np.average(x[:j], weights=0.8 ** (j - np.arange(j))) for j in range(1, i)]
+        )
+        if i == 1:
+            assert got[i] == 0.0  # no error to compare with yet
+            continue
+        scale = np.sqrt(np.average(errors_before**2, weights=0.95 ** (i - np.arange(1, i))))
+        assert got[i] == pytest.approx(abs(x[i] - forecast) / scale, rel=1e-9)
+    assert got[0] == 0.0 and state.weight > 0 and state.error_weight > 0
+
+
+def test_a_jump_inside_the_range_of_a_smooth_series_is_a_forecast_surprise() -> None:
+    values = smooth()
+    values[2500:] += 8.0  # a step well inside the range (100 wide): no new extreme
+    with_forecast = forecast_only().score_many(rows(values))
+    without = forecast_only(forecast_weight=0.0).score_many(rows(values))
+    assert without.max() < 1e-6  # no range novelty, surprise or context
+    assert with_forecast[2500] > 0.2  # the step is far off the smoothed forecast
+    assert np.quantile(with_forecast[300:2500], 0.99) < 0.1  # the steady level is predicted
+    assert np.count_nonzero(with_forecast[2501:2600] > 0.2) <= 2  # refractory: one alarm
+
+
+def test_a_series_noisy_step_to_step_gives_little_forecast_surprise() -> None:
+    rng = np.random.default_rng(11)
+    noisy = 50.0 + 10.0 * rng.standard_normal(1500)  # every step is off by the noise
+    scores = forecast_only().score_many(rows(noisy))
+    assert scores[300:].max() < 0.25  # judged against its own error scale
 
 
 def test_a_change_of_shape_inside_the_range_is_a_new_context() -> None:
@@ -128,6 +210,7 @@ def test_bundles_without_new_params_score_as_before(tmp_path: pytest.TempPathFac
     old = NoveltyDetector.from_spec(bundle, spec, Serving())
     assert old.context_weight == 0.0 and not old.log_surprise  # the surprise on the raw value
     assert old.slow_window == 0  # no slow contexts
+    assert old.forecast_weight == 0.0  # no forecast surprise
     fresh = DetectorSpec(name="n", kind="novelty", params=NoveltyDetector(SCHEMA.names).params)
     assert NoveltyDetector.from_spec(bundle, fresh, Serving()).params == NoveltyDetector(SCHEMA.names).params
 
@@ -139,6 +222,10 @@ def test_invalid_context_params_are_refused() -> None:
         NoveltyDetector(SCHEMA.names, context_bins=64, context_length=4)
     with pytest.raises(ValueError, match="slow_window"):
         NoveltyDetector(SCHEMA.names, slow_window=-1)
+    with pytest.raises(ValueError, match="forecast_weight"):
+        NoveltyDetector(SCHEMA.names, forecast_error_half_life=4.0)
+    with pytest.raises(ValueError, match="forecast_weight"):
+        NoveltyDetector(SCHEMA.names, forecast_half_life=0.0)
     with pytest.raises(ValueError, match="slow_length"):
         NoveltyDetector(SCHEMA.names, context_bins=64, context_length=2, slow_length=4)
 
@@ -152,6 +239,19 @@ def test_context_scores_do_not_depend_on_batch_size(size: int) -> None:
     assert np.count_nonzero(whole) >= 3  # the test has something to compare
     assert np.count_nonzero(whole != fine) >= 3  # slow contexts included
     detector = context_only(context_half_life=50.0, slow_window=16)
+    parts = np.concatenate([detector.score_many(features[i : i + size]) for i in range(0, 1000, size)])
+    assert parts == pytest.approx(whole, abs=1e-6)
+
+
+@pytest.mark.parametrize("size", [1, 7, 47, 256, 1000])
+def test_forecast_scores_do_not_depend_on_batch_size(size: int) -> None:
+    values = smooth(1000)
+    values[600:] += 8.0
+    values[800] = 100.0
+    features = rows(values)
+    whole = forecast_only().score_many(features)
+    assert np.count_nonzero(whole > 0.05) >= 2  # the test has something to compare
+    detector = forecast_only()
     parts = np.concatenate([detector.score_many(features[i : i + size]) for i in range(0, 1000, size)])
     assert parts == pytest.approx(whole, abs=1e-6)
 
