@@ -158,25 +158,17 @@ def weighted_surprise(x: F64, state: _SeriesState, *, decay: float, warmup: int)
     if state.seen == 0 and x.size:
         state.reference = float(x[0])
     y = x - state.reference
-    out = np.zeros(x.size, dtype=np.float64)
-    for start in range(0, x.size, _CHUNK):
-        part = y[start : start + _CHUNK]
-        steps = np.arange(part.size, dtype=np.float64)
-        grow, shrink = decay ** (-steps), decay**steps
-        # Sums before each point: the carried state decayed, plus the chunk's earlier points.
-        weight = shrink * (state.weight + np.concatenate([[0.0], np.cumsum(grow)[:-1]]))
-        first = shrink * (state.first + np.concatenate([[0.0], np.cumsum(part * grow)[:-1]]))
-        second = shrink * (state.second + np.concatenate([[0.0], np.cumsum(part * part * grow)[:-1]]))
-        ready = weight > 0
-        mean = np.divide(first, weight, out=np.zeros_like(first), where=ready)
-        var = np.maximum(np.divide(second, weight, out=np.zeros_like(second), where=ready) - mean**2, 0.0)
-        scale = np.maximum(np.sqrt(var), 1e-3 * np.abs(mean + state.reference) + 1e-9)
-        out[start : start + part.size] = np.where(ready, np.abs(part - mean) / scale, 0.0)
-        last = part.size - 1
-        # The sums before the next point: this chunk's last point in, everything one step older.
-        state.weight = decay * (weight[last] + 1.0)
-        state.first = decay * (first[last] + part[last])
-        state.second = decay * (second[last] + part[last] ** 2)
+    ones = np.ones_like(y)
+    # Sums before each point (:func:`decayed_sums`): count, sum and sum of squares of (x - reference).
+    weight, first, (state.weight, state.first) = decayed_sums(
+        y, ones, (state.weight, state.first), decay=decay
+    )
+    _, second, (_, state.second) = decayed_sums(y * y, ones, (0.0, state.second), decay=decay)
+    ready = weight > 0
+    mean = np.divide(first, weight, out=np.zeros_like(first), where=ready)
+    var = np.maximum(np.divide(second, weight, out=np.zeros_like(second), where=ready) - mean**2, 0.0)
+    scale = np.maximum(np.sqrt(var), 1e-3 * np.abs(mean + state.reference) + 1e-9)
+    out = np.where(ready, np.abs(y - mean) / scale, 0.0)
     seen = state.seen + np.arange(x.size)
     surprise: F64 = np.where(seen >= warmup, out, 0.0)
     return surprise
