@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
@@ -17,7 +19,7 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from prometheus_client import CollectorRegistry
 
-from otelai.config import ConfigError, load_config
+from otelai.config import Config, ConfigError, load_config
 from otelai.decision.actions import Alert
 from otelai.decision.tagging import SELECTION_REASON
 from otelai.models.serving import load_configured_bundle
@@ -43,6 +45,17 @@ from .test_trace_processor import make_config
 from .trace_workload import Workload, interleave, per_service, span_count
 
 pytestmark = pytest.mark.slow  # each test starts a worker process (a few seconds)
+
+
+@contextlib.asynccontextmanager
+async def running_worker(config: Config, registry: CollectorRegistry) -> AsyncIterator[WorkerProcess]:
+    """A started worker process counting into ``registry``, stopped on the way out."""
+    worker = WorkerProcess(config, Metrics(registry), RecordedActions(), None)
+    await worker.start()
+    try:
+        yield worker
+    finally:
+        await worker.stop()
 
 
 def test_recorded_metric_updates_replay_on_the_service_metrics() -> None:
@@ -115,9 +128,7 @@ async def test_batches_of_several_signals_out_at_once_each_arrive_intact() -> No
     # over before the worker read it would corrupt a batch: unreadable, counted as such).
     config = load_config(text="scoring: {signals: [traces, logs], model: {enabled: false}}")
     registry = CollectorRegistry()
-    worker = WorkerProcess(config, Metrics(registry), RecordedActions(), None)
-    await worker.start()
-    try:
+    async with running_worker(config, registry) as worker:
         workload = Workload(5)
         batches = []
         for _ in range(12):
@@ -125,8 +136,6 @@ async def test_batches_of_several_signals_out_at_once_each_arrive_intact() -> No
             batches.append([Payload(Signal.TRACES, r.SerializeToString(), span_count([r])) for r in requests])
         replies = [await worker.submit("process", Signal.TRACES, batch) for batch in batches]
         results = [await worker.result(reply) for reply in replies]
-    finally:
-        await worker.stop()
     assert all(isinstance(result, list) for result in results)
     assert _decided(registry, "traces") == sum(p.items for batch in batches for p in batch)
     assert (
@@ -269,9 +278,7 @@ async def test_logs_and_metrics_are_scored_in_the_worker_too() -> None:
 
     config = load_config(text="scoring: {signals: [traces, logs, metrics], model: {enabled: false}}")
     registry = CollectorRegistry()
-    worker = WorkerProcess(config, Metrics(registry), RecordedActions(), None)
-    await worker.start()
-    try:
+    async with running_worker(config, registry) as worker:
         logs, points = LogTraffic(), MetricTraffic()
         sent_records = sent_points = 0
         metric_out: list[Payload] = []
@@ -282,8 +289,6 @@ async def test_logs_and_metrics_are_scored_in_the_worker_too() -> None:
             batch = points.batch()
             sent_points += sum(p.items for p in batch)
             metric_out = await RemoteProcessor(Signal.METRICS, worker).process_async(batch)
-    finally:
-        await worker.stop()
 
     assert _decided(registry, "logs") == sent_records  # every record decided on, counted here
     assert _decided(registry, "metrics") == sent_points
@@ -306,9 +311,7 @@ async def test_counts_of_what_the_worker_learned_arrive_without_waiting_for_more
     # request to ride on, the worker sends the counts on their own.
     config = load_config(text="scoring: {signals: [traces], model: {enabled: false}}")
     registry = CollectorRegistry()
-    worker = WorkerProcess(config, Metrics(registry), RecordedActions(), None)
-    await worker.start()
-    try:
+    async with running_worker(config, registry) as worker:
         requests = list(per_service(Workload(9).traces(10)))
         batch = [Payload(Signal.TRACES, r.SerializeToString(), span_count([r])) for r in requests]
         await worker.process(Signal.TRACES, batch)
@@ -317,8 +320,6 @@ async def test_counts_of_what_the_worker_learned_arrive_without_waiting_for_more
             assert time.monotonic() < deadline, "the counts did not come"
             await asyncio.sleep(0.05)
         assert _decided(registry, "traces") == sum(p.items for p in batch)
-    finally:
-        await worker.stop()
 
 
 def _decided(registry: CollectorRegistry, signal: str) -> float:
@@ -396,9 +397,7 @@ async def test_a_worker_that_does_not_answer_fails_the_batch_and_is_replaced(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     config = load_config(text="scoring: {signals: [traces], model: {enabled: false}}")
-    worker = WorkerProcess(config, Metrics(CollectorRegistry()), RecordedActions(), None)
-    await worker.start()
-    try:
+    async with running_worker(config, CollectorRegistry()) as worker:
         requests = list(per_service(Workload(2).traces(5)))
         batch = [Payload(Signal.TRACES, r.SerializeToString(), span_count([r])) for r in requests]
         # A reply whose awaiting task is cancelled does not put later replies out of step.
@@ -414,8 +413,6 @@ async def test_a_worker_that_does_not_answer_fails_the_batch_and_is_replaced(
             await worker.process(Signal.TRACES, batch)
         assert not worker.alive  # killed; started again in the background
         assert await asyncio.wait_for(process.wait(), 10) == -signal.SIGKILL
-    finally:
-        await worker.stop()
 
 
 class _FakeProcess:
